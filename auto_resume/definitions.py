@@ -1,0 +1,9 @@
+"""The auto-resume code location, as ``workspace.yaml`` loads it.
+
+``python_module: auto_resume.definitions``; the policy is ``$AUTO_RESUME_POLICY`` or
+``./policy.yaml`` (the location's working directory).
+"""
+
+from auto_resume.code_location import build_definitions
+
+defs = build_definitions()

@@ -1,0 +1,382 @@
+"""Every call auto-resume makes into Metaflow: flow graph, datastore reads, clones, step commands.
+
+Nothing else in the package imports Metaflow or builds a Metaflow command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from auto_resume.deployment import Deployment
+
+# Metaflow run ids that auto-resume accepts as an origin: what Metaflow itself generates
+# (integers) and what metaflow-dagster generates (dagster-<hex>). Anything else, in particular
+# values starting with "-" or containing "/" or shell syntax, never reaches a command line.
+_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_STEP_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_RUN_ID_IN_COMMAND = re.compile(r"\s--run-id[ =]([^\s]+)")
+
+_TAIL = 3000
+
+# Local metadata writes are serialised: Metaflow's local provider is not thread safe.
+_METADATA_LOCK = threading.Lock()
+
+
+class MetaflowAccessError(Exception):
+    """Metaflow data is missing, unreadable or inconsistent with the request."""
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """One step of a flow graph, as plain data."""
+
+    name: str
+    type: str
+    in_funcs: tuple[str, ...]
+    out_funcs: tuple[str, ...]
+    is_foreach_join: bool
+
+
+@dataclass(frozen=True)
+class FlowShape:
+    """A flow graph in topological order."""
+
+    name: str
+    steps: tuple[StepShape, ...]
+
+    def step(self, name: str) -> StepShape:
+        """The step called ``name``."""
+        for shape in self.steps:
+            if shape.name == name:
+                return shape
+        raise KeyError(name)
+
+    def downstream_of(self, name: str) -> frozenset[str]:
+        """``name`` and every step reachable from it."""
+        seen: set[str] = set()
+        pending = [name]
+        while pending:
+            current = pending.pop()
+            if current not in seen:
+                seen.add(current)
+                pending.extend(self.step(current).out_funcs)
+        return frozenset(seen)
+
+
+@dataclass(frozen=True)
+class OriginTask:
+    """A task of an earlier run, as found in the datastore."""
+
+    pathspec: str
+    task_id: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """Facts about a task of the new run that downstream steps need."""
+
+    num_splits: int | None
+    next_steps: tuple[str, ...] | None
+
+
+def compile_definitions(flow_file: Path, output: Path, env: Mapping[str, str]) -> None:
+    """Run ``python flow.py dagster create output`` (metaflow-dagster's compiler).
+
+    Raises:
+        MetaflowAccessError: The compiler failed; the message carries its output.
+    """
+    command = [
+        sys.executable,
+        str(flow_file),
+        "--no-pylint",
+        "--datastore=local",
+        "--metadata=local",
+        "dagster",
+        "create",
+        str(output),
+    ]
+    result = subprocess.run(
+        command, env=dict(env), cwd=str(flow_file.parent), capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise MetaflowAccessError(
+            f"compiling {flow_file} with metaflow-dagster failed:\n{result.stderr[-_TAIL:]}"
+        )
+
+
+def make_run_id(dagster_run_id: str) -> str:
+    """The Metaflow run id metaflow-dagster derives from a Dagster run id."""
+    return "dagster-" + hashlib.sha1(dagster_run_id.encode()).hexdigest()[:12]
+
+
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is a well-formed Metaflow run id, else raise.
+
+    Raises:
+        MetaflowAccessError: The value could be an option, a path or shell syntax.
+    """
+    if not isinstance(run_id, str) or not _RUN_ID_PATTERN.match(run_id):
+        shown = run_id if len(str(run_id)) <= 80 else str(run_id)[:80] + "..."
+        raise MetaflowAccessError(
+            f"origin_run_id {shown!r} is not a Metaflow run id: expected letters, digits, '_' "
+            "or '-', not starting with '-', at most 64 characters (for example dagster-1a2b3c4d5e6f)"
+        )
+    return run_id
+
+
+def check_step_name(flow: FlowShape, step_name: str) -> str:
+    """Return ``step_name`` if the flow has such a step, else raise."""
+    names = [s.name for s in flow.steps]
+    if not isinstance(step_name, str) or not _STEP_NAME_PATTERN.match(step_name) or step_name not in names:
+        raise MetaflowAccessError(
+            f"from_step {step_name!r} is not a step of {flow.name}; choose one of: {', '.join(names)}"
+        )
+    return step_name
+
+
+def run_id_from_command_line(line: str) -> str | None:
+    """The ``--run-id`` value of a logged Metaflow command line, if any."""
+    match = _RUN_ID_IN_COMMAND.search(line)
+    return match.group(1) if match else None
+
+
+@lru_cache(maxsize=64)
+def load_flow_shape(flow_file: Path, flow_name: str) -> FlowShape:
+    """Import a flow file and return its graph.
+
+    Raises:
+        MetaflowAccessError: The file cannot be imported or has no such flow class.
+    """
+    from metaflow.graph import FlowGraph
+
+    module_name = "auto_resume_flow_" + hashlib.sha1(str(flow_file).encode()).hexdigest()[:10]
+    spec = importlib.util.spec_from_file_location(module_name, flow_file)
+    if spec is None or spec.loader is None:
+        raise MetaflowAccessError(f"cannot import flow file {flow_file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(flow_file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        raise MetaflowAccessError(
+            f"importing flow file {flow_file} failed: {exc!r}; it must be importable "
+            "(keep `MyFlow()` under `if __name__ == '__main__':`)"
+        ) from exc
+    finally:
+        sys.path.remove(str(flow_file.parent))
+    flow_class = getattr(module, flow_name, None)
+    if flow_class is None:
+        raise MetaflowAccessError(f"flow file {flow_file} has no flow class {flow_name}")
+    graph = FlowGraph(flow_class)
+    steps = []
+    for node in graph.sorted_nodes:
+        shape = graph[node] if isinstance(node, str) else node
+        steps.append(
+            StepShape(
+                name=shape.name,
+                type=shape.type,
+                in_funcs=tuple(sorted(shape.in_funcs)),
+                out_funcs=tuple(shape.out_funcs),
+                is_foreach_join=shape.type == "join"
+                and bool(shape.split_parents)
+                and graph[shape.split_parents[-1]].type == "foreach",
+            )
+        )
+    return FlowShape(name=flow_name, steps=_topological(steps))
+
+
+def _topological(steps: list[StepShape]) -> tuple[StepShape, ...]:
+    by_name = {s.name: s for s in steps}
+    ordered: list[StepShape] = []
+    placed: set[str] = set()
+    while len(ordered) < len(steps):
+        progress = False
+        for shape in steps:
+            if shape.name not in placed and all(p in placed for p in shape.in_funcs if p in by_name):
+                ordered.append(shape)
+                placed.add(shape.name)
+                progress = True
+        if not progress:
+            raise MetaflowAccessError("flow graph has a cycle; recursive steps are not supported")
+    return tuple(ordered)
+
+
+class MetaflowRun:
+    """Datastore and metadata access for one flow deployment."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        from metaflow.datastore import FlowDataStore
+        from metaflow.metaflow_environment import MetaflowEnvironment
+        from metaflow.plugins import DATASTORES, METADATA_PROVIDERS
+
+        self.deployment = deployment
+        datastore_type = deployment.top_arg("datastore") or "local"
+        metadata_type = deployment.top_arg("metadata") or "local"
+        storage_impl = next((d for d in DATASTORES if d.TYPE == datastore_type), None)
+        provider_class = next((m for m in METADATA_PROVIDERS if m.TYPE == metadata_type), None)
+        if storage_impl is None or provider_class is None:
+            raise MetaflowAccessError(
+                f"{deployment.definitions_file}: unsupported datastore {datastore_type!r} "
+                f"or metadata provider {metadata_type!r}"
+            )
+        self._apply_step_env()
+        root = deployment.top_arg("datastore-root") or storage_impl.get_datastore_root_from_config(
+            lambda *args, **kwargs: None
+        )
+        if storage_impl.TYPE == "local":
+            storage_impl.datastore_root = root
+
+        class _Flow:
+            name = deployment.flow_name
+
+        self.flow_datastore = FlowDataStore(
+            deployment.flow_name, storage_impl=storage_impl, ds_root=root
+        )
+        self.metadata = provider_class(MetaflowEnvironment(_Flow), _Flow, None, None)
+
+    def _apply_step_env(self) -> None:
+        # The definitions file's METAFLOW_STEP_ENV (e.g. the local datastore sysroot) must hold
+        # in this process too, or the metadata provider writes somewhere the steps do not read.
+        for key, value in self.deployment.step_env.items():
+            os.environ.setdefault(key, value)
+
+    def origin_tasks(self, run_id: str, step_name: str) -> dict[tuple[int, ...], OriginTask]:
+        """Tasks of ``step_name`` in ``run_id`` whose latest attempt finished, by foreach index."""
+        from metaflow.datastore.datastore_set import TaskDataStoreSet
+
+        try:
+            task_set = TaskDataStoreSet(
+                self.flow_datastore,
+                run_id,
+                steps=[step_name],
+                prefetch_data_artifacts=["_task_ok", "_foreach_stack"],
+            )
+        except Exception as exc:
+            raise MetaflowAccessError(
+                f"cannot read step {step_name} of {self.deployment.flow_name}/{run_id} "
+                f"from the datastore: {exc}"
+            ) from exc
+        tasks: dict[tuple[int, ...], OriginTask] = {}
+        for datastore in task_set:
+            indices = tuple(frame.index for frame in datastore["_foreach_stack"])
+            ok = bool(datastore["_task_ok"]) if "_task_ok" in datastore else False
+            tasks[indices] = OriginTask(datastore.pathspec, datastore.pathspec.split("/")[2], ok)
+        return tasks
+
+    def run_exists(self, run_id: str) -> bool:
+        """True if ``run_id`` has a finished ``_parameters`` task in the datastore."""
+        return bool(self.origin_tasks(run_id, "_parameters"))
+
+    def register_run(self, run_id: str) -> None:
+        """Make ``run_id`` known to the metadata provider (and so to the client)."""
+        with _METADATA_LOCK:
+            self.metadata.register_run_id(run_id)
+
+    def register_task(self, run_id: str, step_name: str, task_id: str) -> None:
+        """Create the step and task records the Metaflow client lists.
+
+        The local provider skips integer task ids (metaflow-dagster's ``1``); its ``_new_task``
+        creates them whatever the id.
+        """
+        with _METADATA_LOCK:
+            new_task = getattr(self.metadata, "_new_task", None)
+            if new_task is not None:
+                new_task(run_id, step_name, task_id)
+            else:
+                self.metadata.register_task_id(run_id, step_name, task_id)
+
+    def clone_task(self, origin_pathspec: str, run_id: str, step_name: str, task_id: str) -> None:
+        """Copy a finished task into ``run_id`` without running its code."""
+        from metaflow.clone_util import clone_task_helper
+
+        origin_run_id, _, origin_task_id = origin_pathspec.split("/")
+        self.register_task(run_id, step_name, task_id)
+        with _METADATA_LOCK:
+            clone_task_helper(
+                self.deployment.flow_name,
+                origin_run_id,
+                run_id,
+                step_name,
+                origin_task_id,
+                task_id,
+                self.flow_datastore,
+                self.metadata,
+            )
+
+    def task_outcome(self, pathspec: str, step_type: str) -> TaskOutcome:
+        """Foreach split count and chosen branches of a finished task of the new run."""
+        if step_type not in ("foreach", "split-switch"):
+            return TaskOutcome(None, None)
+        run_id, step_name, task_id = pathspec.split("/")
+        datastore = self.flow_datastore.get_task_datastore(run_id, step_name, task_id, mode="r")
+        if step_type == "foreach":
+            return TaskOutcome(int(datastore["_foreach_num_splits"]), None)
+        transition = datastore["_transition"]
+        next_steps = transition[0] if isinstance(transition, (list, tuple)) else transition
+        if isinstance(next_steps, str):
+            next_steps = [next_steps]
+        return TaskOutcome(None, tuple(str(s) for s in next_steps))
+
+    def step_command(
+        self,
+        step_name: str,
+        run_id: str,
+        task_id: str,
+        input_paths: Sequence[str],
+        split_index: int | None,
+        retry_count: int,
+    ) -> list[str]:
+        """The command line metaflow-dagster would use to run this task."""
+        from metaflow.util import compress_list
+
+        options = self.deployment.step_options(step_name)
+        command = [sys.executable, str(self.deployment.flow_file), *self.deployment.top_args]
+        command += [f"--with={decorator}" for decorator in options.with_decorators]
+        command += [
+            "step",
+            step_name,
+            f"--run-id={run_id}",
+            f"--task-id={task_id}",
+            f"--input-paths={compress_list(list(input_paths))}",
+            f"--retry-count={retry_count}",
+            f"--max-user-code-retries={options.max_user_code_retries}",
+        ]
+        command += [f"--tag={tag}" for tag in options.tags]
+        namespace = self.deployment.top_arg("namespace")
+        if namespace:
+            command.append(f"--namespace={namespace}")
+        if split_index is not None:
+            command.append(f"--split-index={split_index}")
+        return command
+
+    def step_environment(self, step_name: str) -> dict[str, str]:
+        """Environment for a step subprocess, as metaflow-dagster builds it."""
+        return {
+            **os.environ,
+            **self.deployment.step_env,
+            **self.deployment.step_options(step_name).extra_env,
+        }
+
+    def run_step(
+        self, command: list[str], step_name: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one step command to completion, capturing its output."""
+        return subprocess.run(
+            command,
+            env=self.step_environment(step_name),
+            cwd=str(self.deployment.flow_file.parent),
+            capture_output=True,
+            text=True,
+            check=False,
+        )

@@ -1,0 +1,315 @@
+"""The companion resume job of a flow: one op per Metaflow step, cloning what completed.
+
+Run config (the sensor writes it; it can also be typed by hand in the Launchpad)::
+
+    ops:
+      <job>_resume__origin:
+        config:
+          origin_run_id: dagster-1a2b3c4d5e6f   # the Metaflow run to resume
+          from_step: train                      # optional: re-run it and everything after it
+
+The job runs in one process (in-process executor): a cloned task costs a few milliseconds, so
+starting a Dagster op process per step would dominate the cost of a resume. Tasks that must run
+again are Metaflow subprocesses, exactly as metaflow-dagster starts them, several at once within
+a step.
+"""
+
+
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import (
+    Field,
+    Failure,
+    In,
+    JobDefinition,
+    MetadataValue,
+    Noneable,
+    OpDefinition,
+    OpExecutionContext,
+    Out,
+    in_process_executor,
+    job,
+    op,
+)
+
+from auto_resume.deployment import Deployment
+from auto_resume.metaflow_access import (
+    FlowShape,
+    MetaflowAccessError,
+    MetaflowRun,
+    StepShape,
+    check_run_id,
+    check_step_name,
+    make_run_id,
+)
+from auto_resume.resume_plan import (
+    PARAMETERS_STEP,
+    PARAMETERS_TASK_ID,
+    TaskAction,
+    TaskRecord,
+    instances_for,
+    plan_step,
+)
+
+RUN_ID_LOG_PREFIX = "auto-resume: metaflow_run_id="
+DEFAULT_MAX_PARALLEL_TASKS = 4
+_STDERR_TAIL = 3000
+
+
+@dataclass(frozen=True)
+class ResumeContext:
+    """What every step op of one resume run shares."""
+
+    run_id: str
+    origin_run_id: str
+    rerun_steps: frozenset[str]
+    parameters_pathspec: str
+    max_parallel_tasks: int
+
+
+def _config_schema() -> dict[str, Field]:
+    return {
+        "origin_run_id": Field(
+            str,
+            description="Metaflow run id to resume (dagster-<hash>), as logged by the failed run.",
+        ),
+        "from_step": Field(
+            Noneable(str),
+            default_value=None,
+            is_required=False,
+            description="Re-run this step and every step downstream of it, even if they completed.",
+        ),
+        "max_parallel_tasks": Field(
+            int,
+            default_value=DEFAULT_MAX_PARALLEL_TASKS,
+            is_required=False,
+            description="How many Metaflow tasks of one step may execute at the same time.",
+        ),
+    }
+
+
+def build_resume_job(deployment: Deployment, flow: FlowShape) -> JobDefinition:
+    """Build ``<job>_resume`` for one deployed flow.
+
+    Args:
+        deployment: The flow's metaflow-dagster definitions file, parsed.
+        flow: The flow graph.
+    """
+    job_name = deployment.resume_job_name
+    origin_op = _origin_op(job_name, deployment, flow)
+    step_ops = {step.name: _step_op(job_name, deployment, flow, step) for step in flow.steps}
+
+    @job(
+        name=job_name,
+        description=(
+            f"Resume a failed run of {deployment.job_name} ({deployment.flow_name}): clone every "
+            "task that completed in origin_run_id, execute the rest with its parameters."
+        ),
+        executor_def=in_process_executor,
+        tags={"auto_resume/flow": deployment.flow_name},
+    )
+    def _resume_job() -> None:
+        resume = origin_op()
+        outputs: dict[str, Any] = {}
+        for step in flow.steps:
+            parents = {f"from_{p}": outputs[p] for p in step.in_funcs}
+            outputs[step.name] = step_ops[step.name](resume=resume, **parents)
+
+    return _resume_job
+
+
+def origin_op_name(deployment: Deployment) -> str:
+    """Name of the resume job's first op, which carries the run config."""
+    return f"{deployment.resume_job_name}__origin"
+
+
+def resume_run_config(
+    deployment: Deployment, origin_run_id: str, from_step: str | None = None
+) -> dict[str, Any]:
+    """Run config of ``<job>_resume`` for resuming ``origin_run_id``."""
+    config: dict[str, Any] = {"origin_run_id": origin_run_id}
+    if from_step:
+        config["from_step"] = from_step
+    return {"ops": {origin_op_name(deployment): {"config": config}}}
+
+
+def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefinition:
+    @op(name=origin_op_name(deployment), config_schema=_config_schema(), out=Out(Any))
+    def _origin(context: OpExecutionContext) -> ResumeContext:
+        config = context.op_config
+        try:
+            origin_run_id = check_run_id(config["origin_run_id"])
+            rerun = (
+                flow.downstream_of(check_step_name(flow, config["from_step"]))
+                if config.get("from_step")
+                else frozenset()
+            )
+            access = _access(deployment)
+            parameters = access.origin_tasks(origin_run_id, PARAMETERS_STEP).get(())
+        except MetaflowAccessError as exc:
+            raise Failure(description=str(exc)) from exc
+        if parameters is None or not parameters.ok:
+            raise Failure(
+                description=(
+                    f"{deployment.flow_name}/{origin_run_id} has no finished _parameters task "
+                    f"in the datastore: the run does not exist there, or failed before Metaflow "
+                    f"started. Launch {deployment.job_name} again instead of resuming it."
+                )
+            )
+        run_id = make_run_id(context.run_id)
+        context.log.info(f"{RUN_ID_LOG_PREFIX}{run_id} origin_run_id={origin_run_id}")
+        access.register_run(run_id)
+        access.clone_task(parameters.pathspec, run_id, PARAMETERS_STEP, PARAMETERS_TASK_ID)
+        context.log.info(
+            f"cloned {parameters.pathspec} -> {run_id}/{PARAMETERS_STEP}/{PARAMETERS_TASK_ID} "
+            "(the origin run's parameters)"
+        )
+        return ResumeContext(
+            run_id=run_id,
+            origin_run_id=origin_run_id,
+            rerun_steps=rerun,
+            parameters_pathspec=f"{run_id}/{PARAMETERS_STEP}/{PARAMETERS_TASK_ID}",
+            max_parallel_tasks=max(1, int(config.get("max_parallel_tasks") or 1)),
+        )
+
+    return _origin
+
+
+def _step_op(
+    job_name: str, deployment: Deployment, flow: FlowShape, step: StepShape
+) -> OpDefinition:
+    ins = {"resume": In(Any), **{f"from_{p}": In(Any) for p in step.in_funcs}}
+
+    @op(name=f"{job_name}__{step.name}", ins=ins, out=Out(Any))
+    def _step(context: OpExecutionContext, resume: ResumeContext, **parents: Any) -> list[TaskRecord]:
+        by_step = {name[len("from_") :]: records for name, records in parents.items()}
+        return _execute_step(context, deployment, flow, step, resume, by_step)
+
+    return _step
+
+
+def _execute_step(
+    context: OpExecutionContext,
+    deployment: Deployment,
+    flow: FlowShape,
+    step: StepShape,
+    resume: ResumeContext,
+    parents: Mapping[str, Sequence[TaskRecord]],
+) -> list[TaskRecord]:
+    instances = instances_for(step, flow, parents, resume.parameters_pathspec)
+    if not instances:
+        context.log.info(f"step {step.name}: no task (branch not taken)")
+        return []
+    access = _access(deployment)
+    try:
+        origin = access.origin_tasks(resume.origin_run_id, step.name)
+    except MetaflowAccessError as exc:
+        raise Failure(description=str(exc)) from exc
+    actions = plan_step(instances, origin, rerun=step.name in resume.rerun_steps)
+    records: dict[tuple[int, ...], TaskRecord] = {}
+    started = time.monotonic()
+    clones = [a for a in actions if a.clone]
+    for action in clones:
+        assert action.origin is not None
+        pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
+        access.clone_task(action.origin.pathspec, resume.run_id, step.name, action.task_id)
+        records[action.instance.indices] = _record(access, step, action, pathspec, cloned=True)
+    clone_seconds = time.monotonic() - started
+    executions = [a for a in actions if not a.clone]
+    failures = _execute_tasks(context, access, step, resume, executions, records)
+    summary = (
+        f"step {step.name}: {len(clones)} task(s) cloned from {resume.origin_run_id} "
+        f"in {clone_seconds:.2f}s, {len(executions)} executed"
+    )
+    context.log.info(summary)
+    for action in clones:
+        assert action.origin is not None
+        context.log.debug(f"cloned {action.origin.pathspec} -> {resume.run_id}/{step.name}/{action.task_id}")
+    if failures:
+        raise Failure(
+            description=f"{summary}; {len(failures)} failed:\n" + "\n\n".join(failures),
+            metadata={"metaflow_run_id": resume.run_id},
+        )
+    context.add_output_metadata(
+        {
+            "metaflow_run_id": resume.run_id,
+            "tasks_cloned": len(clones),
+            "tasks_executed": len(executions),
+            "cloned_from": MetadataValue.md(
+                "\n".join(f"- `{a.origin.pathspec}`" for a in clones[:50] if a.origin)
+                + ("\n- ..." if len(clones) > 50 else "")
+            ),
+        }
+    )
+    return [records[key] for key in sorted(records)]
+
+
+def _execute_tasks(
+    context: OpExecutionContext,
+    access: MetaflowRun,
+    step: StepShape,
+    resume: ResumeContext,
+    executions: Sequence[TaskAction],
+    records: dict[tuple[int, ...], TaskRecord],
+) -> list[str]:
+    """Run tasks as Metaflow subprocesses; return one message per task that failed."""
+    if not executions:
+        return []
+    options = access.deployment.step_options(step.name)
+
+    def _run(action: TaskAction) -> str | None:
+        instance = action.instance
+        access.register_task(resume.run_id, step.name, action.task_id)
+        for attempt in range(options.max_user_code_retries + 1):
+            command = access.step_command(
+                step.name,
+                resume.run_id,
+                action.task_id,
+                instance.input_paths,
+                instance.split_index,
+                retry_count=attempt,
+            )
+            context.log.info("$ " + " ".join(command))
+            result = access.run_step(command, step.name)
+            if result.returncode == 0:
+                pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
+                records[instance.indices] = _record(access, step, action, pathspec, cloned=False)
+                return None
+            if attempt < options.max_user_code_retries and options.retry_delay_seconds:
+                time.sleep(options.retry_delay_seconds)
+        return (
+            f"{resume.run_id}/{step.name}/{action.task_id} exited with status "
+            f"{result.returncode}:\n{(result.stderr or result.stdout)[-_STDERR_TAIL:]}"
+        )
+
+    workers = min(resume.max_parallel_tasks, len(executions))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outcomes = list(pool.map(_run, executions))
+    return [message for message in outcomes if message]
+
+
+def _record(
+    access: MetaflowRun, step: StepShape, action: TaskAction, pathspec: str, cloned: bool
+) -> TaskRecord:
+    outcome = access.task_outcome(pathspec, step.type)
+    return TaskRecord(
+        indices=action.instance.indices,
+        pathspec=pathspec,
+        cloned=cloned,
+        num_splits=outcome.num_splits,
+        next_steps=outcome.next_steps,
+    )
+
+
+_ACCESS: dict[str, MetaflowRun] = {}
+
+
+def _access(deployment: Deployment) -> MetaflowRun:
+    key = str(deployment.definitions_file)
+    if key not in _ACCESS:
+        _ACCESS[key] = MetaflowRun(deployment)
+    return _ACCESS[key]

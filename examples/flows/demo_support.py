@@ -1,0 +1,22 @@
+"""Side effects the example flows leave, so tests and the demo can see what really ran.
+
+Every execution of a step's code appends a line to ``<workdir>/<step>[-<index>].count``; a step
+named in ``fail_at`` (``process``, or ``body:3`` for one foreach item) fails the first time it
+runs and succeeds afterwards. With an empty ``workdir`` both are off.
+"""
+
+import os
+
+
+def record_and_maybe_fail(workdir, fail_at, step, index=None):
+    if not workdir:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    name = step if index is None else f"{step}-{index}"
+    with open(os.path.join(workdir, name + ".count"), "a") as counter:
+        counter.write("ran\n")
+    target = step if index is None else f"{step}:{index}"
+    marker = os.path.join(workdir, name + ".failed-once")
+    if target in fail_at.split(",") and not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError(f"injected failure in {target} (it will succeed when run again)")
