@@ -19,6 +19,7 @@ from dagster import (
     DefaultSensorStatus,
     JobDefinition,
     RunRequest,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -109,21 +110,25 @@ def _evaluate(
     cursor = _Cursor.parse(context.cursor)
     if cursor is None:
         return _first_tick(instance)
+    # Not filtered by job name in the query: PostgreSQL event storage does not support it.
     records = instance.fetch_run_status_changes(
         RunStatusChangeRecordsFilter(
-            event_type=DagsterEventType.RUN_FAILURE,
-            after_storage_id=cursor.after,
-            job_names=sorted(by_job),
+            event_type=DagsterEventType.RUN_FAILURE, after_storage_id=cursor.after
         ),
         limit=BATCH_SIZE,
         ascending=True,
     ).records
+    runs = _runs_by_id(instance, [record.event_log_entry.run_id for record in records])
     requests: list[RunRequest] = []
     notes: list[str] = []
     for record in records:
         run_id = record.event_log_entry.run_id
+        run = runs.get(run_id)
+        if run is not None and run.job_name not in by_job:
+            cursor.after = record.storage_id
+            continue
         try:
-            outcome = _handle(instance, run_id, by_job, policy)
+            outcome = _handle(instance, run_id, run, by_job, policy)
         except Exception as exc:
             errors = cursor.errors.get(run_id, 0) + 1
             message = f"run {run_id}: {type(exc).__name__}: {exc}"
@@ -161,11 +166,20 @@ def _first_tick(instance: DagsterInstance) -> SensorResult:
     )
 
 
+def _runs_by_id(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, DagsterRun]:
+    if not run_ids:
+        return {}
+    return {run.run_id: run for run in instance.get_runs(RunsFilter(run_ids=list(run_ids)))}
+
+
 def _handle(
-    instance: DagsterInstance, run_id: str, by_job: Mapping[str, Deployment], policy: Policy
+    instance: DagsterInstance,
+    run_id: str,
+    run: DagsterRun | None,
+    by_job: Mapping[str, Deployment],
+    policy: Policy,
 ) -> RunRequest | str | None:
     """Decide one failed run; a RunRequest to launch, or a note saying why not."""
-    run = instance.get_run_by_id(run_id)
     if run is None:
         return f"run {run_id} was deleted before it could be handled"
     deployment = by_job[run.job_name]

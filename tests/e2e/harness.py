@@ -1,0 +1,208 @@
+"""One real deployment shared by every end-to-end test of the session.
+
+A fresh PostgreSQL database, a ``DAGSTER_HOME`` holding this repo's ``dagster.yaml``, and one
+``dagster-daemon run -w workspace.yaml`` started from the repo root, exactly as the README
+deploys it. Only the policy differs from the repo's: it ticks every 5 s and starts running.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import pytest
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+
+from auto_resume import tags
+from auto_resume.sensor import SENSOR_NAME
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SERVER_URL = "postgresql+psycopg2://root@127.0.0.1:5432/postgres"
+FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+EXAMPLES = ("linear_flow", "branch_flow", "foreach_flow")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The running deployment: where it keeps things and how to reach it."""
+
+    home: Path
+    env: dict[str, str]
+    policy_file: Path
+    log_file: Path
+
+    def instance(self) -> DagsterInstance:
+        os.environ["DAGSTER_HOME"] = str(self.home)
+        os.environ["DAGSTER_PG_URL"] = self.env["DAGSTER_PG_URL"]
+        return DagsterInstance.get()
+
+    def diagnostics(self) -> str:
+        """The daemon's log tail and the sensor's last ticks, for failure messages."""
+        from dagster._core.scheduler.instigation import InstigatorType
+
+        instance = self.instance()
+        lines = [f"--- last lines of {self.log_file}", self.log_file.read_text()[-4000:]]
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            if state.name != SENSOR_NAME:
+                continue
+            for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=8):
+                data = tick.tick_data
+                error = data.error.to_string()[-1500:] if data.error else ""
+                lines.append(
+                    f"--- tick {tick.status.value} runs={list(data.run_ids)} skip={data.skip_reason!r} "
+                    f"cursor={data.cursor!r}\n{error}"
+                )
+        return "\n".join(lines)
+
+    def launch(self, location: str, job: str, config: dict[str, object]) -> str:
+        """Submit a run of ``job`` through the instance's queue, as the UI would; its run id."""
+        run_id = str(uuid.uuid4())
+        command = [
+            str(ROOT / ".venv" / "bin" / "dagster"),
+            "job",
+            "launch",
+            "-w",
+            "workspace.yaml",
+            "-l",
+            location,
+            "-j",
+            job,
+            "--run-id",
+            run_id,
+            "--config-json",
+            json.dumps({"ops": {"op_start": {"config": config}}}),
+        ]
+        result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return run_id
+
+
+def _server_url() -> str:
+    return os.environ.get("AUTO_RESUME_TEST_PG_URL", DEFAULT_SERVER_URL)
+
+
+def _psycopg2_dsn(url: str) -> str:
+    return url.replace("postgresql+psycopg2://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """A new, empty database on the test server; dropped at the end."""
+    server = _server_url()
+    name = f"auto_resume_e2e_{uuid.uuid4().hex[:8]}"
+    connection = psycopg2.connect(_psycopg2_dsn(server))
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    yield server.rsplit("/", 1)[0] + "/" + name
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    connection.close()
+
+
+def write_policy(path: Path, max_attempts: int = 2, extra: str = "") -> None:
+    """A policy listing the repo's example flows, ticking every 5 s, running from the start."""
+    flows = "".join(
+        f"  - definitions_file: {ROOT / 'examples' / 'generated' / (name + '_dagster.py')}\n"
+        for name in EXAMPLES
+    )
+    path.write_text(
+        "version: 1\n"
+        "sensor:\n  minimum_interval_seconds: 5\n  default_status: running\n"
+        f"defaults:\n  max_attempts: {max_attempts}\n{extra}"
+        f"flows:\n{flows}"
+    )
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[Deployment]:
+    """dagster-daemon on this repo's workspace.yaml and dagster.yaml, sensor running."""
+    base = tmp_path_factory.mktemp("deployment")
+    home = base / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    policy_file = base / "policy.yaml"
+    write_policy(policy_file)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": database,
+        "AUTO_RESUME_POLICY": str(policy_file),
+        "METAFLOW_USER": os.environ.get("METAFLOW_USER", "auto-resume"),
+        "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log_file = base / "daemon.log"
+    with log_file.open("w") as log:
+        daemon = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = Deployment(home=home, env=env, policy_file=policy_file, log_file=log_file)
+    try:
+        _wait_for_first_tick(running, daemon)
+        yield running
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, 9)
+            daemon.wait()
+
+
+def _wait_for_first_tick(running: Deployment, daemon: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Until the sensor has stored its first cursor: failures after that are seen."""
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    instance = running.instance()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            pytest.fail(f"dagster-daemon exited:\n{running.log_file.read_text()[-5000:]}")
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            data = state.instigator_data
+            if state.name == SENSOR_NAME and data is not None and getattr(data, "cursor", None):
+                return
+        time.sleep(1)
+    pytest.fail(f"{SENSOR_NAME} did not tick within {timeout}s:\n{running.log_file.read_text()[-5000:]}")
+
+
+def wait_for_run(instance: DagsterInstance, run_id: str, timeout: float = 300) -> DagsterRun:
+    """Until the run has finished; the finished run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.status in FINISHED:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} did not finish within {timeout}s")
+
+
+def wait_for_resume_of(
+    instance: DagsterInstance, failed_run_id: str, timeout: float = 120, deployment: "Deployment | None" = None
+) -> DagsterRun:
+    """Until the sensor has created the resume run answering ``failed_run_id``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: failed_run_id}))
+        if runs:
+            assert len(runs) == 1, f"{len(runs)} resume runs for {failed_run_id}"
+            return runs[0]
+        time.sleep(0.5)
+    details = deployment.diagnostics() if deployment else ""
+    raise AssertionError(f"no resume run for {failed_run_id} within {timeout}s\n{details}")
+
+
+def counts(workdir: Path) -> dict[str, int]:
+    """How many times each task's user code ran, from the flows' counter files."""
+    return {path.stem: len(path.read_text().splitlines()) for path in workdir.glob("*.count")}
