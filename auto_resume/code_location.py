@@ -41,12 +41,13 @@ def build_definitions(policy_path: Path | None = None) -> Definitions:
 
 def _check_unique_jobs(path: Path, deployments: list[Deployment]) -> None:
     seen: dict[str, Path] = {}
-    for deployment in deployments:
+    for index, deployment in enumerate(deployments):
         other = seen.setdefault(deployment.job_name, deployment.definitions_file)
         if other != deployment.definitions_file:
             raise PolicyError(
-                f"invalid auto-resume policy {path}: two definitions files define job "
-                f"{deployment.job_name!r} ({other} and {deployment.definitions_file}); "
-                "resume jobs are named after the job, so keep one of them",
+                f"invalid auto-resume policy {path}: flows[{index}].definitions_file: "
+                f"{deployment.definitions_file} defines job {deployment.job_name!r}, like {other}; "
+                "resume jobs are named after the job, so list one of them, or regenerate one with "
+                "`dagster create --job-name <other name>`",
                 path=path,
             )

@@ -12,10 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, JobDefinition, RunRequest, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    JobDefinition,
+    RunRequest,
+    SensorDefinition,
+    SensorResult,
+    build_sensor_context,
+)
 
 from auto_resume.code_location import build_definitions
-from auto_resume.metaflow_access import compile_definitions
+from auto_resume.metaflow_access import client_view, compile_definitions
+from auto_resume.run_facts import metaflow_run_id
 from auto_resume.sensor import SENSOR_NAME
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flows"
@@ -43,7 +52,7 @@ def run_demo(echo: Callable[[str], None], width: int = 6, fail_index: int = 3) -
         sensor = defs.resolve_sensor_def(SENSOR_NAME)
         (root / "dagster_home").mkdir()
         with DagsterInstance.local_temp(tempdir=str(root / "dagster_home")) as instance:
-            first = sensor(build_sensor_context(instance=instance, definitions=defs))
+            first = _tick(sensor, instance, defs, cursor=None)
             echo(f"2. sensor's first tick: {first.skip_reason.skip_message if first.skip_reason else ''}")
             config = {"alpha": 7, "width": width, "workdir": str(workdir), "fail_at": f"body:{fail_index}"}
             echo(f"3. running {JOB_NAME} with {config}")
@@ -53,7 +62,7 @@ def run_demo(echo: Callable[[str], None], width: int = 6, fail_index: int = 3) -
                 raise_on_error=False,
             )
             echo(f"   run {failed.run_id}: {'succeeded' if failed.success else 'FAILED'}")
-            tick = sensor(build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
+            tick = _tick(sensor, instance, defs, cursor=first.cursor)
             requests: list[RunRequest] = list(tick.run_requests or [])
             if not requests:
                 echo(f"4. sensor: {tick.skip_reason.skip_message if tick.skip_reason else 'nothing'}")
@@ -62,6 +71,7 @@ def run_demo(echo: Callable[[str], None], width: int = 6, fail_index: int = 3) -
             echo(f"4. sensor requests {request.job_name} with run config {request.run_config}")
             for key, value in sorted((request.tags or {}).items()):
                 echo(f"     tag {key} = {value}")
+            assert request.job_name is not None
             resumed = defs.resolve_job_def(request.job_name).execute_in_process(
                 run_config={**request.run_config, **_QUIET},
                 tags=request.tags,
@@ -76,9 +86,29 @@ def run_demo(echo: Callable[[str], None], width: int = 6, fail_index: int = 3) -
             echo("6. how many times each task's user code ran, from the counter files:")
             for counter in sorted(workdir.glob("*.count")):
                 runs = len(counter.read_text().splitlines())
-                echo(f"     {counter.stem:<8} {runs}{'   <- failed once, executed again' if runs > 1 else ''}")
+                note = "   <- failed once, executed again" if runs > 1 else ""
+                echo(f"     {counter.stem:<8} {runs}{note}")
             echo(f"   end step wrote alpha.txt: {(workdir / 'alpha.txt').read_text().strip()!r}")
+            new_run_id = _logged_run_id(instance, resumed.run_id)
+            successful, steps = client_view(JOB_NAME, new_run_id)
+            echo(f"7. Metaflow client: Flow({JOB_NAME!r})[{new_run_id!r}]:")
+            echo(f"     successful={successful}, steps={steps}")
             return resumed.success
+
+
+def _logged_run_id(instance: DagsterInstance, dagster_run_id: str) -> str:
+    run_id = metaflow_run_id(instance, dagster_run_id)
+    assert run_id is not None
+    return run_id
+
+
+def _tick(
+    sensor: SensorDefinition, instance: DagsterInstance, defs: Definitions, cursor: str | None
+) -> SensorResult:
+    """One evaluation of the sensor, as the daemon would run it."""
+    result = sensor(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+    assert isinstance(result, SensorResult)
+    return result
 
 
 def _primary_job(definitions_file: Path) -> JobDefinition:

@@ -82,7 +82,15 @@ def read_deployment(definitions_file: Path) -> Deployment:
         source = definitions_file.read_text(encoding="utf-8")
         tree = ast.parse(source, filename=str(definitions_file))
     except OSError as exc:
-        raise DeploymentError(f"cannot read definitions file {definitions_file}: {exc}") from exc
+        raise DeploymentError(
+            f"cannot read definitions file {definitions_file}: {exc.strerror or exc}; generate it with "
+            f"`python <flow>.py dagster create {definitions_file}` or fix the path"
+        ) from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DeploymentError(
+            f"definitions file {definitions_file} is not a Python source file ({exc}); point the policy "
+            f"at the .py file written by `python <flow>.py dagster create <file>`"
+        ) from exc
     except SyntaxError as exc:
         raise DeploymentError(
             f"definitions file {definitions_file} is not valid Python (line {exc.lineno}): "
@@ -141,8 +149,7 @@ def _job_names(tree: ast.Module) -> list[str]:
     return [
         node.name
         for node in tree.body
-        if isinstance(node, ast.FunctionDef)
-        and any(_decorator_name(d) == "job" for d in node.decorator_list)
+        if isinstance(node, ast.FunctionDef) and any(_decorator_name(d) == "job" for d in node.decorator_list)
     ]
 
 
@@ -165,9 +172,11 @@ def _literal(node: ast.expr, default: Any) -> Any:
         return default
 
 
-def _step_options(
-    tree: ast.Module, with_decorators: dict[str, list[str]]
-) -> dict[str, StepOptions]:
+def _keyword(keywords: dict[str, ast.expr], name: str, default: Any) -> Any:
+    return _literal(keywords[name], default) if name in keywords else default
+
+
+def _step_options(tree: ast.Module, with_decorators: dict[str, list[str]]) -> dict[str, StepOptions]:
     options: dict[str, StepOptions] = {}
     for function in tree.body:
         if not isinstance(function, ast.FunctionDef):
@@ -185,9 +194,9 @@ def _step_options(
             if not isinstance(step_name, str):
                 continue
             keywords = {k.arg: k.value for k in call.keywords if k.arg}
-            user_retries = _literal(keywords["max_user_code_retries"], 0) if "max_user_code_retries" in keywords else 0
-            tags = _literal(keywords["tags"], []) if "tags" in keywords else []
-            extra_env = _literal(keywords["extra_env"], None) if "extra_env" in keywords else None
+            user_retries = _keyword(keywords, "max_user_code_retries", 0)
+            tags = _keyword(keywords, "tags", [])
+            extra_env = _keyword(keywords, "extra_env", None)
             options[step_name] = StepOptions(
                 max_user_code_retries=max(int(user_retries or 0), max_retries),
                 retry_delay_seconds=delay,

@@ -22,8 +22,8 @@ from auto_resume.deployment import Deployment
 # Metaflow run ids that auto-resume accepts as an origin: what Metaflow itself generates
 # (integers) and what metaflow-dagster generates (dagster-<hex>). Anything else, in particular
 # values starting with "-" or containing "/" or shell syntax, never reaches a command line.
-_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_STEP_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_STEP_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _RUN_ID_IN_COMMAND = re.compile(r"\s--run-id[ =]([^\s]+)")
 
 _TAIL = 3000
@@ -115,6 +115,15 @@ def compile_definitions(flow_file: Path, output: Path, env: Mapping[str, str]) -
         )
 
 
+def client_view(flow_name: str, run_id: str) -> tuple[bool, list[str]]:
+    """What Metaflow's client says of a run: whether it succeeded, and its steps."""
+    from metaflow import Flow, namespace
+
+    namespace(None)
+    run = Flow(flow_name)[run_id]
+    return bool(run.successful), sorted(step.id for step in run)
+
+
 def make_run_id(dagster_run_id: str) -> str:
     """The Metaflow run id metaflow-dagster derives from a Dagster run id."""
     return "dagster-" + hashlib.sha1(dagster_run_id.encode()).hexdigest()[:12]
@@ -126,7 +135,7 @@ def check_run_id(run_id: str) -> str:
     Raises:
         MetaflowAccessError: The value could be an option, a path or shell syntax.
     """
-    if not isinstance(run_id, str) or not _RUN_ID_PATTERN.match(run_id):
+    if not isinstance(run_id, str) or not _RUN_ID_PATTERN.fullmatch(run_id):
         shown = run_id if len(str(run_id)) <= 80 else str(run_id)[:80] + "..."
         raise MetaflowAccessError(
             f"origin_run_id {shown!r} is not a Metaflow run id: expected letters, digits, '_' "
@@ -138,7 +147,8 @@ def check_run_id(run_id: str) -> str:
 def check_step_name(flow: FlowShape, step_name: str) -> str:
     """Return ``step_name`` if the flow has such a step, else raise."""
     names = [s.name for s in flow.steps]
-    if not isinstance(step_name, str) or not _STEP_NAME_PATTERN.match(step_name) or step_name not in names:
+    well_formed = isinstance(step_name, str) and _STEP_NAME_PATTERN.fullmatch(step_name)
+    if not well_formed or step_name not in names:
         raise MetaflowAccessError(
             f"from_step {step_name!r} is not a step of {flow.name}; choose one of: {', '.join(names)}"
         )
@@ -216,15 +226,15 @@ class MetaflowRun:
     """Datastore and metadata access for one flow deployment."""
 
     def __init__(self, deployment: Deployment) -> None:
-        from metaflow.datastore import FlowDataStore
+        from metaflow.datastore.flow_datastore import FlowDataStore
         from metaflow.metaflow_environment import MetaflowEnvironment
         from metaflow.plugins import DATASTORES, METADATA_PROVIDERS
 
         self.deployment = deployment
         datastore_type = deployment.top_arg("datastore") or "local"
         metadata_type = deployment.top_arg("metadata") or "local"
-        storage_impl = next((d for d in DATASTORES if d.TYPE == datastore_type), None)
-        provider_class = next((m for m in METADATA_PROVIDERS if m.TYPE == metadata_type), None)
+        storage_impl = next((d for d in DATASTORES if datastore_type == d.TYPE), None)
+        provider_class = next((m for m in METADATA_PROVIDERS if metadata_type == m.TYPE), None)
         if storage_impl is None or provider_class is None:
             raise MetaflowAccessError(
                 f"{deployment.definitions_file}: unsupported datastore {datastore_type!r} "
@@ -240,9 +250,7 @@ class MetaflowRun:
         class _Flow:
             name = deployment.flow_name
 
-        self.flow_datastore = FlowDataStore(
-            deployment.flow_name, storage_impl=storage_impl, ds_root=root
-        )
+        self.flow_datastore = FlowDataStore(deployment.flow_name, storage_impl=storage_impl, ds_root=root)
         self.metadata = provider_class(MetaflowEnvironment(_Flow), _Flow, None, None)
 
     def _apply_step_env(self) -> None:
@@ -368,9 +376,7 @@ class MetaflowRun:
             **self.deployment.step_options(step_name).extra_env,
         }
 
-    def run_step(
-        self, command: list[str], step_name: str
-    ) -> subprocess.CompletedProcess[str]:
+    def run_step(self, command: list[str], step_name: str) -> subprocess.CompletedProcess[str]:
         """Run one step command to completion, capturing its output."""
         return subprocess.run(
             command,

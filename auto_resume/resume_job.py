@@ -14,7 +14,6 @@ again are Metaflow subprocesses, exactly as metaflow-dagster starts them, severa
 a step.
 """
 
-
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
-    Field,
     Failure,
+    Field,
     In,
     JobDefinition,
     MetadataValue,
@@ -179,12 +178,11 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
     return _origin
 
 
-def _step_op(
-    job_name: str, deployment: Deployment, flow: FlowShape, step: StepShape
-) -> OpDefinition:
+def _step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepShape) -> OpDefinition:
     ins = {"resume": In(Any), **{f"from_{p}": In(Any) for p in step.in_funcs}}
 
-    @op(name=f"{job_name}__{step.name}", ins=ins, out=Out(Any))
+    # "step_" keeps step ops apart from the origin op whatever the steps are called.
+    @op(name=f"{job_name}__step_{step.name}", ins=ins, out=Out(Any))
     def _step(context: OpExecutionContext, resume: ResumeContext, **parents: Any) -> list[TaskRecord]:
         by_step = {name[len("from_") :]: records for name, records in parents.items()}
         return _execute_step(context, deployment, flow, step, resume, by_step)

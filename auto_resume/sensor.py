@@ -112,9 +112,7 @@ def _evaluate(
         return _first_tick(instance)
     # Not filtered by job name in the query: PostgreSQL event storage does not support it.
     records = instance.fetch_run_status_changes(
-        RunStatusChangeRecordsFilter(
-            event_type=DagsterEventType.RUN_FAILURE, after_storage_id=cursor.after
-        ),
+        RunStatusChangeRecordsFilter(event_type=DagsterEventType.RUN_FAILURE, after_storage_id=cursor.after),
         limit=BATCH_SIZE,
         ascending=True,
     ).records

@@ -115,11 +115,6 @@ BAD_FILES = [
         None,
         ["cannot read"],
         id="missing",
-        marks=pytest.mark.xfail(
-            reason="the missing-file message says `cannot read` but not how to fix it",
-            raises=AssertionError,
-            strict=True,
-        ),
     ),
     # Not Python at all.
     pytest.param("broken_dagster.py", b"def oops(:\n", ["not valid Python", "line 1"], id="syntax-error"),
@@ -141,13 +136,8 @@ BAD_FILES = [
     pytest.param(
         "train_flow_dagster.pyc",
         b"\xa7\r\r\n\x00\x00\x00\x00\xff\xfe binary",
-        ["not valid Python"],
+        ["not a Python source file"],
         id="binary",
-        marks=pytest.mark.xfail(
-            reason="UnicodeDecodeError escapes read_deployment instead of DeploymentError",
-            raises=UnicodeDecodeError,
-            strict=True,
-        ),
     ),
 ]
 

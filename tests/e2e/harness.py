@@ -189,7 +189,10 @@ def wait_for_run(instance: DagsterInstance, run_id: str, timeout: float = 300) -
 
 
 def wait_for_resume_of(
-    instance: DagsterInstance, failed_run_id: str, timeout: float = 120, deployment: "Deployment | None" = None
+    instance: DagsterInstance,
+    failed_run_id: str,
+    timeout: float = 120,
+    deployment: "Deployment | None" = None,
 ) -> DagsterRun:
     """Until the sensor has created the resume run answering ``failed_run_id``."""
     deadline = time.monotonic() + timeout
