@@ -117,7 +117,7 @@ def compile_definitions(flow_file: Path, output: Path, env: Mapping[str, str]) -
 
 def client_view(flow_name: str, run_id: str) -> tuple[bool, list[str]]:
     """What Metaflow's client says of a run: whether it succeeded, and its steps."""
-    from metaflow import Flow, namespace
+    from metaflow.client.core import Flow, namespace
 
     namespace(None)
     run = Flow(flow_name)[run_id]
