@@ -6,22 +6,30 @@ from dagster import Definitions
 
 from auto_resume.deployment import Deployment, DeploymentError, read_deployment
 from auto_resume.metaflow_access import MetaflowAccessError, load_flow_shape
-from auto_resume.policy import PolicyError, default_policy_path, load_policy
+from auto_resume.policy import PolicyError, default_policy_path, load_policy, salvage_policy
 from auto_resume.resume_job import build_resume_job
 from auto_resume.sensor import build_auto_resume_sensor
 
 
-def build_definitions(policy_path: Path | None = None) -> Definitions:
+def build_definitions(policy_path: Path | None = None, strict: bool = True) -> Definitions:
     """Build the code location from a policy file.
 
     Args:
         policy_path: The policy; default ``$AUTO_RESUME_POLICY`` or ``./policy.yaml``.
+        strict: Raise on an invalid policy. The deployed location passes False: the daemon
+            reloads it every minute, and an invalid edit must then show up in the sensor's
+            ticks (which re-read the file) rather than unload the sensor and resume jobs.
 
     Raises:
         PolicyError: The policy, or a definitions file or flow it names, is invalid.
     """
     path = policy_path or default_policy_path()
-    policy = load_policy(path)
+    try:
+        policy = load_policy(path)
+    except PolicyError:
+        if strict or not path.is_file():
+            raise
+        policy = salvage_policy(path)
     deployments: list[Deployment] = []
     jobs = []
     for index, entry in enumerate(policy.flows):

@@ -14,17 +14,25 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
+from auto_resume.policy_settings import (
+    OVERRIDABLE,
+    Defaults,
+    GiveUpHook,
+    Overrides,
+    Switch,
+    check_glob,
+)
+
 POLICY_ENV_VAR = "AUTO_RESUME_POLICY"
 _Loc = tuple[int | str, ...]
-_Switch = Annotated[bool, Field(strict=True)]  # strict: reject "yes", 1, ...
-_Attempts = Annotated[int, Field(ge=0, strict=True)]  # strict: reject "2", 2.5, true
 
 
 class PolicyError(Exception):
@@ -57,29 +65,12 @@ class SensorSettings(BaseModel):
     )
 
 
-class Defaults(BaseModel):
-    """Settings of every flow that does not override them."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: _Switch = Field(default=True, description="Auto-resume flows unless overridden.")
-    max_attempts: _Attempts = Field(
-        default=2, description="Resume runs allowed per original failure (lineage)."
-    )
-
-
-class FlowEntry(BaseModel):
-    """One watched flow, identified by its metaflow-dagster definitions file."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class FlowEntry(Overrides):
+    """One watched flow, identified by its metaflow-dagster definitions file, and its overrides."""
 
     definitions_file: Path = Field(
         description="File made by `python <flow>.py dagster create <file>`; "
         "relative to the policy file's directory."
-    )
-    enabled: _Switch | None = Field(default=None, description="Overrides defaults.enabled; null inherits it.")
-    max_attempts: _Attempts | None = Field(
-        default=None, description="Overrides defaults.max_attempts; null inherits it."
     )
 
     @field_validator("definitions_file")
@@ -90,24 +81,39 @@ class FlowEntry(BaseModel):
         return (Path(context.get("policy_dir", ".")) / value.expanduser()).resolve()
 
 
-class EffectiveFlowSettings(BaseModel):
-    """One flow's settings after merging kill switch, defaults and overrides."""
+class JobOverride(Overrides):
+    """Overrides for every watched flow whose Dagster job name matches ``job``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    job: str = Field(description="Dagster job name of the flow, exact or glob (`Train*`).")
 
-    enabled: bool = Field(description="Whether failed runs are auto-resumed.")
-    max_attempts: int = Field(description="Resume runs allowed per original failure.")
+    @field_validator("job")
+    @classmethod
+    def _glob(cls, value: str) -> str:
+        return check_glob(value)
+
+
+class EffectiveFlowSettings(Defaults):
+    """One flow's settings after merging kill switch, defaults, job overrides and its entry."""
 
 
 class Policy(BaseModel):
-    """Which Metaflow-on-Dagster flows to resume after failures, and how often."""
+    """Which Metaflow-on-Dagster flows to resume after failures, when, and how often."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: Literal[1] = Field(description="Policy format version; must be 1.")
-    enabled: _Switch = Field(default=True, description="Global kill switch.")
+    enabled: Switch = Field(default=True, description="Global kill switch: false resumes nothing.")
     sensor: SensorSettings = Field(default_factory=SensorSettings, description="Sensor settings.")
+    max_resumes_in_flight: int | None = Field(
+        default=None, ge=1, strict=True, description="Resume runs of all flows queued or running at once."
+    )
+    on_give_up: GiveUpHook | None = Field(
+        default=None, description="Notification hook called once per failed run given up."
+    )
     defaults: Defaults = Field(default_factory=Defaults, description="Settings of flows without overrides.")
+    overrides: tuple[JobOverride, ...] = Field(
+        default=(), description="Overrides by job name, applied in order after the defaults."
+    )
     flows: tuple[FlowEntry, ...] = Field(default=(), description="Watched flows; may be empty.")
 
     @field_validator("version", mode="before")
@@ -118,14 +124,19 @@ class Policy(BaseModel):
             raise ValueError("Input should be 1")
         return value
 
-    def settings_for(self, definitions_file: Path) -> EffectiveFlowSettings:
+    def settings_for(self, definitions_file: Path, job_name: str | None = None) -> EffectiveFlowSettings:
         """Returns the merged settings of a watched flow.
+
+        Each layer replaces only the fields it sets: ``defaults``, then every ``overrides``
+        entry whose ``job`` matches ``job_name`` (in file order), then the flow's own entry;
+        ``tags`` are merged key by key instead. The global ``enabled: false`` wins over all.
 
         Args:
             definitions_file: The flow's definitions file (relative to the cwd).
+            job_name: The flow's Dagster job name, for ``overrides``; None applies none.
 
         Returns:
-            Enabled only if the global switch and the flow (or default) allow it.
+            The effective settings of the flow.
 
         Raises:
             KeyError: If no flow entry has this definitions file.
@@ -133,11 +144,18 @@ class Policy(BaseModel):
         wanted = definitions_file.expanduser().resolve()
         for flow in self.flows:
             if flow.definitions_file == wanted:
-                enabled = self.defaults.enabled if flow.enabled is None else flow.enabled
-                attempts = flow.max_attempts
-                if attempts is None:
-                    attempts = self.defaults.max_attempts
-                return EffectiveFlowSettings(enabled=self.enabled and enabled, max_attempts=attempts)
+                layers: list[Overrides] = [
+                    o for o in self.overrides if job_name is not None and fnmatchcase(job_name, o.job)
+                ]
+                merged = {name: getattr(self.defaults, name) for name in Defaults.model_fields}
+                for layer in [*layers, flow]:
+                    for name in OVERRIDABLE:
+                        value = getattr(layer, name)
+                        if value is None:
+                            continue
+                        merged[name] = {**merged["tags"], **value} if name == "tags" else value
+                merged["enabled"] = self.enabled and merged["enabled"]
+                return EffectiveFlowSettings.model_validate(merged)
         raise KeyError(f"{wanted} is not listed under flows in the policy")
 
 
@@ -149,12 +167,6 @@ class _Problem(NamedTuple):
     column: int | None = None
 
 
-_MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
-    (): Policy,
-    ("sensor",): SensorSettings,
-    ("defaults",): Defaults,
-    ("flows", "*"): FlowEntry,
-}
 _EXAMPLES = {
     "version": "1",
     "enabled": "true",
@@ -165,14 +177,73 @@ _EXAMPLES = {
     "max_attempts": "2",
     "flows": "[{definitions_file: flows/my_flow_dagster.py}]",
     "definitions_file": "flows/my_flow_dagster.py",
+    "overrides": '[{job: "Train*", max_attempts: 5}]',
+    "job": '"Train*"',
+    "mode": "observe",
+    "backoff": "{initial_seconds: 60, multiplier: 2, max_seconds: 3600}",
+    "initial_seconds": "60",
+    "multiplier": "2",
+    "max_seconds": "3600",
+    "jitter_seconds": "30",
+    "errors": "[{action: never, exception: MemoryError}]",
+    "action": "never",
+    "reason": "[step_failure, unexpected_termination]",
+    "step": '"train*"',
+    "exception": "MemoryError",
+    "message": "'timed out after \\d+ s'",
+    "stop_on_same_failure": "true",
+    "max_failure_age_seconds": "86400",
+    "max_resumes_in_flight": "10",
+    "windows": '{timezone: Europe/Paris, allowed: [{start: "08:00", end: "20:00"}]}',
+    "timezone": "Europe/Paris",
+    "allowed": '[{days: [mon, tue, wed, thu, fri], start: "08:00", end: "20:00"}]',
+    "days": "[mon, tue, wed, thu, fri]",
+    "blackouts": "[{start: 2026-12-24 00:00:00, end: 2026-12-27 00:00:00}]",
+    "start": '"08:00"',
+    "end": '"20:00"',
+    "tags": "{team/owner: ml-platform}",
+    "on_give_up": "{command: [/usr/local/bin/notify-oncall]}",
+    "command": "[/usr/local/bin/notify-oncall]",
+    "callable": "my_alerts:notify",
+    "timeout_seconds": "30",
 }
 _TYPE_WORDS = {
     "int_type": "expected a whole number",
+    "float_type": "expected a number",
     "bool_type": "expected true or false",
     "tuple_type": "expected a list",
     "model_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+    "string_type": "expected text",
     "path_type": "expected a file path",
+    "datetime_type": "expected a date-time",
+    "datetime_parsing": "expected a date-time",
+    "datetime_from_date_parsing": "expected a date-time",
 }
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``tuple[ErrorRule, ...] | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(loc: _Loc) -> type[BaseModel]:
+    """The model that holds the field at ``loc`` (list indices skipped)."""
+    model: type[BaseModel] = Policy
+    for part in loc:
+        if isinstance(part, int) or part not in model.model_fields:
+            continue
+        inner = _model_of(model.model_fields[part].annotation)
+        if inner is None:
+            break
+        model = inner
+    return model
 
 
 def _field_path(loc: _Loc) -> str:
@@ -206,26 +277,36 @@ def _explain(err: ErrorDetails) -> _Problem:
     loc, kind, ctx = err["loc"], err["type"], err.get("ctx", {})
     got = repr(err.get("input"))
     got = got if len(got) <= 60 else got[:57] + "..."
-    name = loc[-1] if loc else ""
-    sample = f"`{name}: {_EXAMPLES.get(str(name), '...')}`"
-    if isinstance(name, int):
+    names = [p for p in loc if isinstance(p, str)]
+    name = names[-1] if names else ""
+    sample = f"`{name}: {_EXAMPLES.get(name, '...')}`"
+    if loc and loc[-1] == 0 and name == "flows":
         sample = "`- definitions_file: flows/my_flow_dagster.py`"
     if kind == "extra_forbidden":
-        parent = tuple("*" if isinstance(p, int) else p for p in loc[:-1])
-        allowed = list(_MODEL_AT.get(parent, Policy).model_fields)
-        close = difflib.get_close_matches(str(name), allowed, n=1)
+        fields = _model_at(loc[:-1]).model_fields
+        allowed = sorted(fields, key=lambda f: not fields[f].is_required())  # required ones first
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         what = f"unknown field; allowed fields are: {', '.join(allowed)}"
         fix = f"rename it to `{close[0]}`" if close else "remove it"
     elif loc == ("version",) and kind != "missing":
         what, fix = f"unsupported version {got}; only 1 exists", "set `version: 1`"
+    elif kind == "value_error":
+        # Our validators phrase their message as "<what>; fix: <how>".
+        text = str(ctx.get("error", err["msg"]))
+        what, _, fix = text.partition("; fix: ")
+        fix = fix or f"write it like {sample}"
     elif kind == "missing":
         what, fix = "required field is missing", f"add it, e.g. {sample}"
-    elif kind == "greater_than_equal":
-        what = f"must be >= {ctx['ge']} (got {got})"
-        fix = f"set it to {ctx['ge']} or more, e.g. {sample}"
+    elif kind in ("greater_than_equal", "greater_than"):
+        sign, bound = (">=", ctx["ge"]) if kind == "greater_than_equal" else (">", ctx["gt"])
+        bound = int(bound) if float(bound).is_integer() else bound  # 1, not 1.0
+        what = f"must be {sign} {bound} (got {got})"
+        fix = f"set it to {bound} or more, e.g. {sample}"
     elif kind == "literal_error":
         what = f"must be {ctx['expected']} (got {got})"
         fix = f"set it to {ctx['expected']}, e.g. {sample}"
+    elif kind == "too_short":
+        what, fix = f"must not be empty (got {got})", f"write it like {sample}"
     else:
         what = f"{_TYPE_WORDS.get(kind, err['msg'])} (got {got})"
         fix = f"write it like {sample}"
@@ -334,6 +415,43 @@ def load_policy(path: Path | None = None) -> Policy:
     if problems := _check_flows(policy, policy_dir):
         raise _fail(path, problems, root)
     return policy
+
+
+def salvage_policy(path: Path) -> Policy:
+    """What can still be used of an invalid policy file: its flows and sensor settings.
+
+    Used when the code location is (re)loaded while the file is invalid, so that the resume
+    jobs and the sensor stay loaded and the sensor's ticks show the error from
+    :func:`load_policy` until it is fixed. Every other setting is left at its default; the
+    sensor never acts on this object, it re-reads the file on every tick.
+
+    Args:
+        path: The policy file.
+
+    Returns:
+        A policy holding the flow entries whose definitions files exist and, if that part is
+        valid, the ``sensor`` section; nothing else.
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = None
+    data = data if isinstance(data, dict) else {}
+    policy_dir = path.absolute().parent.resolve()
+    flows = []
+    raw_flows = data.get("flows")
+    for raw in raw_flows if isinstance(raw_flows, list) else []:
+        value = raw.get("definitions_file") if isinstance(raw, dict) else None
+        if isinstance(value, str) and (policy_dir / value).expanduser().is_file():
+            flows.append({"definitions_file": value})
+    try:
+        sensor = SensorSettings.model_validate(data.get("sensor") or {})
+    except ValidationError:
+        sensor = SensorSettings()
+    return Policy.model_validate(
+        {"version": 1, "sensor": sensor.model_dump(), "flows": flows},
+        context={"policy_dir": policy_dir},
+    )
 
 
 def policy_json_schema() -> dict[str, Any]:

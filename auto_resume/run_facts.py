@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from dagster import DagsterInstance, DagsterRun
+from dagster._core.events import JobFailureData
+from dagster._core.events.log import EventLogEntry
+from dagster._core.execution.plan.objects import StepFailureData
+from dagster_shared.error import SerializableErrorInfo
 
 from auto_resume import tags
 from auto_resume.decision import FailedRun
@@ -12,6 +19,24 @@ from auto_resume.resume_job import RUN_ID_LOG_PREFIX
 # Event records read per storage query while looking for the Metaflow run id. The id is logged
 # before the first Metaflow command runs, so the first page nearly always holds it.
 _PAGE_SIZE = 200
+# The last line of a Python traceback: "module.ClassName: message" (or a bare class name).
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$")
+_TRACEBACK = "Traceback (most recent call last):"
+_FRAME = '\n  File "'  # a traceback frame; the header may have been cut off with the stderr's head
+# How the resume job reports one failed task: "<run>/<step>/<task> exited with status 1:".
+_TASK_FAILED = re.compile(r"^[^\s/]+/(\w+)/\S+ exited with status", re.MULTILINE)
+# The resume job's last op, which fails the run when tasks failed (resume_job._finish_op).
+FINISH_OP_SUFFIX = "__finish"
+
+
+@dataclass(frozen=True)
+class FailureDetails:
+    """What failed, from a run's failure event."""
+
+    reason: str | None = None  # Dagster's RunFailureReason, lower-cased
+    step_name: str | None = None
+    exception_class: str | None = None
+    message: str = ""
 
 
 def metaflow_run_id(instance: DagsterInstance, run_id: str) -> str | None:
@@ -37,13 +62,97 @@ def metaflow_run_id(instance: DagsterInstance, run_id: str) -> str | None:
         cursor = connection.cursor
 
 
-def failed_run_facts(instance: DagsterInstance, run: DagsterRun) -> FailedRun:
-    """Everything :func:`auto_resume.decision.decide` needs about ``run``."""
+def step_name_of(step_key: str) -> str:
+    """The Metaflow step of an op: ``op_train`` (metaflow-dagster), ``X_resume__step_train``."""
+    key = step_key.split("[", 1)[0]  # dynamic outputs: op_body[3]
+    if "__step_" in key:
+        return key.split("__step_", 1)[1]
+    return key.removeprefix("op_")
+
+
+def user_exception(error: SerializableErrorInfo) -> tuple[str, str]:
+    """The user's exception class and message behind a Dagster error.
+
+    Follows ``cause`` to the innermost error (Dagster wraps user code errors). When its message
+    holds a Python traceback (a Metaflow step's stderr, as metaflow-dagster and the resume job
+    report it, often cut to its tail), the traceback's last exception is the user's, not the
+    ``RuntimeError`` around it; with several failed tasks in one message, the first task's.
+    """
+    while error.cause is not None:
+        error = error.cause
+    name, message = (error.cls_name or "").rsplit(".", 1)[-1], error.message or ""
+    tasks = list(_TASK_FAILED.finditer(message))
+    segment = message
+    if tasks:
+        end = tasks[1].start() if len(tasks) > 1 else len(message)
+        segment = message[tasks[0].end() : end]
+    if _TRACEBACK in segment:
+        segment = segment.split(_TRACEBACK, 1)[1]
+    elif _FRAME not in segment:
+        return name, message.removeprefix(f"{error.cls_name}: ").strip()
+    found = None
+    for line in segment.splitlines():
+        match = _EXCEPTION_LINE.match(line)  # not indented: traceback frames are
+        if match:
+            found = match
+    if found is None:
+        return name, message
+    return found.group(1).rsplit(".", 1)[-1], (found.group(2) or "").strip()
+
+
+def _failed_step(step_key: str, message: str) -> str:
+    """The Metaflow step of the op that failed; for the resume job's final op, of its first task."""
+    if step_key.split("[", 1)[0].endswith(FINISH_OP_SUFFIX):
+        match = _TASK_FAILED.search(message)
+        if match:
+            return match.group(1)
+    return step_name_of(step_key)
+
+
+def failure_details(entry: EventLogEntry) -> FailureDetails:
+    """What failed, from a RUN_FAILURE event: reason, first failed step and its exception."""
+    event = entry.dagster_event
+    data = event.event_specific_data if event is not None else None
+    if not isinstance(data, JobFailureData):
+        return FailureDetails(message=entry.user_message or "")
+    reason = data.failure_reason.value.lower() if data.failure_reason else None
+    step = data.first_step_failure_event
+    step_data = step.event_specific_data if step is not None else None
+    error = step_data.error if isinstance(step_data, StepFailureData) else data.error
+    if isinstance(step_data, StepFailureData) and step_data.user_failure_data is not None:
+        # `raise Failure(description=...)` (the resume job does): the description is the message.
+        description = step_data.user_failure_data.description or ""
+        if error is None or _TRACEBACK in description:
+            error = SerializableErrorInfo(description, [], "Failure")
+    exception_class, message = (
+        user_exception(error) if error is not None else (None, entry.user_message or "")
+    )
+    innermost = error
+    while innermost is not None and innermost.cause is not None:
+        innermost = innermost.cause
+    raw = (innermost.message or "") if innermost is not None else ""
+    return FailureDetails(
+        reason=reason,
+        step_name=_failed_step(step.step_key, raw) if step is not None and step.step_key else None,
+        exception_class=exception_class,
+        message=message,
+    )
+
+
+def failed_run_facts(instance: DagsterInstance, run: DagsterRun, failure: EventLogEntry) -> FailedRun:
+    """Everything :func:`auto_resume.decision.decide` needs about ``run``.
+
+    Args:
+        instance: The Dagster instance.
+        run: The failed run.
+        failure: Its RUN_FAILURE event.
+    """
     run_tags = run.tags
     try:
         attempt = int(run_tags.get(tags.ATTEMPT, "0"))
     except ValueError:
         attempt = 0
+    details = failure_details(failure)
     return FailedRun(
         run_id=run.run_id,
         job_name=run.job_name,
@@ -52,4 +161,10 @@ def failed_run_facts(instance: DagsterInstance, run: DagsterRun) -> FailedRun:
         attempt=attempt,
         will_retry=run_tags.get(tags.DAGSTER_WILL_RETRY) == "true",
         opted_out=run_tags.get(tags.OPT_OUT, "").lower() == "true",
+        failed_at=failure.timestamp,
+        failure_reason=details.reason,
+        step_name=details.step_name,
+        exception_class=details.exception_class,
+        message=details.message,
+        parent_failure=run_tags.get(tags.PARENT_FAILURE),
     )

@@ -2,14 +2,21 @@
 
 A plain sensor over the instance's run-failure events, not Dagster's ``run_failure_sensor``:
 that one handles a single failure per tick once it returns a request, and drops a failure for
-good when its function raises. Here every tick handles a batch of failures, the cursor (a
-failure event's storage id) only moves past a failure once it has been decided, and an error
-leaves the failure for the next tick.
+good when its function raises. Here every tick handles a batch of failures and the cursor,
+stored in the instance, holds both the last failure event read and the failures still waiting
+(backoff, a time window, an in-flight cap, or an error on an earlier tick), each with the time
+to decide it again. So nothing is lost across daemon restarts, an error delays one failure
+without holding up the others, and the run key ``resume-of-<failed run id>`` makes the daemon
+create at most one resume per failure.
 """
 
+from __future__ import annotations
+
 import json
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dagster import (
@@ -25,38 +32,65 @@ from dagster import (
     SensorResult,
     SkipReason,
     sensor,
+    validate_run_config,
 )
-from dagster._core.event_api import RunStatusChangeRecordsFilter
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.event_api import EventLogRecord, RunStatusChangeRecordsFilter
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from auto_resume import tags
-from auto_resume.decision import Action, Decision, FailedRun, FlowRules, decide
+from auto_resume.decision import Action, Decision, FailedRun, Situation, decide, failure_signature
 from auto_resume.deployment import Deployment
 from auto_resume.metaflow_access import MetaflowAccessError, check_run_id
-from auto_resume.policy import Policy, load_policy
+from auto_resume.notify import call_give_up_hook, give_up_values
+from auto_resume.policy import EffectiveFlowSettings, Policy, load_policy
 from auto_resume.resume_job import resume_run_config
 from auto_resume.run_facts import failed_run_facts
 
 SENSOR_NAME = "auto_resume_sensor"
-# Failures read per tick. Each costs a few small queries, so a burst clears in one or two ticks.
+# New failures read per tick. Each costs a few small queries, so a burst clears in one or two ticks.
 BATCH_SIZE = 200
-# Ticks in a row that may fail on the same failed run before the sensor gives up on it.
-MAX_ERRORS_PER_RUN = 5
+# Waiting failures kept in the cursor; while full, new failures stay unread (not lost) until some leave.
+MAX_PENDING = 1000
+# Ticks in a row that may fail on one failed run before the sensor stops trying it.
+MAX_ERRORS_PER_RUN = 10
+
+
+@dataclass
+class Pending:
+    """A failure that is decided again from ``due_at`` on (POSIX time)."""
+
+    run_id: str
+    storage_id: int  # its RUN_FAILURE event
+    seen_at: float  # when the sensor first read it
+    due_at: float
+    errors: int = 0  # ticks in a row whose evaluation of it raised
 
 
 @dataclass
 class _Cursor:
     after: int
-    errors: dict[str, int] = field(default_factory=dict)
+    pending: list[Pending] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, text: str | None) -> "_Cursor | None":
+    def parse(cls, text: str | None) -> _Cursor | None:
         if not text:
             return None
         data = json.loads(text)
-        return cls(after=int(data["after"]), errors=dict(data.get("errors", {})))
+        # An older cursor's "errors" map is dropped: those failures are read again from `after`.
+        return cls(after=int(data["after"]), pending=[Pending(**p) for p in data.get("pending", [])])
 
     def dump(self) -> str:
-        return json.dumps({"after": self.after, "errors": self.errors}, sort_keys=True)
+        return json.dumps({"after": self.after, "pending": [asdict(p) for p in self.pending]}, sort_keys=True)
+
+
+@dataclass
+class _Tick:
+    """What one evaluation produces."""
+
+    requests: list[RunRequest] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def build_auto_resume_sensor(
@@ -73,11 +107,15 @@ def build_auto_resume_sensor(
         policy: The policy at load time (interval and default status); rules are re-read
             from ``policy_path`` on every tick.
         policy_path: The policy file.
+
+    Returns:
+        The sensor definition, named ``auto_resume_sensor``.
     """
     by_job: dict[str, Deployment] = {}
     for deployment in deployments:
         by_job[deployment.job_name] = deployment
         by_job[deployment.resume_job_name] = deployment
+    jobs = {job.name: job for job in resume_jobs}
     status = (
         DefaultSensorStatus.RUNNING
         if policy.sensor.default_status == "running"
@@ -95,61 +133,207 @@ def build_auto_resume_sensor(
         ),
     )
     def auto_resume_sensor(context: SensorEvaluationContext) -> SensorResult:
-        return _evaluate(context, by_job, policy_path)
+        return evaluate(context, by_job, jobs, policy_path)
 
     return auto_resume_sensor
 
 
-def _evaluate(
-    context: SensorEvaluationContext, by_job: Mapping[str, Deployment], policy_path: Path
+def evaluate(
+    context: SensorEvaluationContext,
+    by_job: Mapping[str, Deployment],
+    jobs: Mapping[str, JobDefinition],
+    policy_path: Path,
+    now: float | None = None,
 ) -> SensorResult:
-    # An invalid policy raises here: the tick fails with the message, the cursor stays, and
-    # the failures of that period are handled once the file is fixed.
+    """One tick: decide every new failure and every waiting one that is due.
+
+    Args:
+        context: The sensor's context (instance and cursor).
+        by_job: The watched flows by job name (flow jobs and resume jobs).
+        jobs: The resume jobs by name, to validate run config before requesting a run.
+        policy_path: The policy file, read now.
+        now: POSIX time of the tick; None: the clock.
+
+    Returns:
+        The run requests and the new cursor; a skip reason when nothing is launched.
+
+    Raises:
+        PolicyError: The policy is invalid: the tick fails with the message and the cursor
+            stays, so the failures of that period are handled once the file is fixed.
+    """
     policy = load_policy(policy_path)
     instance = context.instance
     cursor = _Cursor.parse(context.cursor)
     if cursor is None:
         return _first_tick(instance)
+    now = time.time() if now is None else now
+    due = [p for p in cursor.pending if p.due_at <= now]
+    tick = _Tick(pending=[p for p in cursor.pending if p.due_at > now])
     # Not filtered by job name in the query: PostgreSQL event storage does not support it.
-    records = instance.fetch_run_status_changes(
-        RunStatusChangeRecordsFilter(event_type=DagsterEventType.RUN_FAILURE, after_storage_id=cursor.after),
-        limit=BATCH_SIZE,
-        ascending=True,
-    ).records
-    runs = _runs_by_id(instance, [record.event_log_entry.run_id for record in records])
-    requests: list[RunRequest] = []
-    notes: list[str] = []
-    for record in records:
-        run_id = record.event_log_entry.run_id
-        run = runs.get(run_id)
-        if run is not None and run.job_name not in by_job:
-            cursor.after = record.storage_id
-            continue
-        try:
-            outcome = _handle(instance, run_id, run, by_job, policy)
-        except Exception as exc:
-            errors = cursor.errors.get(run_id, 0) + 1
-            message = f"run {run_id}: {type(exc).__name__}: {exc}"
-            context.log.exception(f"{message} (error {errors} of {MAX_ERRORS_PER_RUN})")
-            if errors < MAX_ERRORS_PER_RUN:
-                cursor.errors = {run_id: errors}
-                notes.append(f"{message}; retrying on the next tick")
-                break
-            notes.append(f"{message}; gave up after {errors} ticks")
-            outcome = None
-        cursor.after = record.storage_id
-        cursor.errors = {}
-        if isinstance(outcome, RunRequest):
-            requests.append(outcome)
-        elif outcome:
-            notes.append(outcome)
-    for note in notes:
+    fresh: Sequence[EventLogRecord] = []
+    if len(cursor.pending) < MAX_PENDING:
+        fresh = instance.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(
+                event_type=DagsterEventType.RUN_FAILURE, after_storage_id=cursor.after
+            ),
+            limit=min(BATCH_SIZE, MAX_PENDING - len(cursor.pending)),
+            ascending=True,
+        ).records
+    again: Sequence[EventLogRecord] = []
+    if due:
+        again = instance.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(
+                event_type=DagsterEventType.RUN_FAILURE, storage_ids=[p.storage_id for p in due]
+            ),
+            limit=len(due),
+        ).records
+    work = [(r, next(p for p in due if p.storage_id == r.storage_id)) for r in again]
+    work += [(r, Pending(r.event_log_entry.run_id, r.storage_id, now, now)) for r in fresh]
+    gone = {p.storage_id for p in due} - {r.storage_id for r in again}
+    tick.notes += [f"run {p.run_id} was deleted while waiting" for p in due if p.storage_id in gone]
+    runs = _runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
+    load = _Load(instance, policy.max_resumes_in_flight)
+    for record, entry in work:
+        _evaluate_one(instance, record, entry, runs.get(entry.run_id), by_job, jobs, policy, load, now, tick)
+    if fresh:
+        cursor.after = fresh[-1].storage_id
+    cursor.pending = sorted(tick.pending, key=lambda p: p.storage_id)
+    for note in tick.notes:
         context.log.info(note)
-    if requests:
-        return SensorResult(run_requests=requests, cursor=cursor.dump())
-    return SensorResult(
-        skip_reason=SkipReason("; ".join(notes) if notes else "no new failed runs of watched flows"),
-        cursor=cursor.dump(),
+    if tick.requests:
+        return SensorResult(run_requests=tick.requests, cursor=cursor.dump())
+    waiting = f"; {len(cursor.pending)} waiting" if cursor.pending else ""
+    more = f"; and {len(tick.notes) - 20} more (see the tick's log)" if len(tick.notes) > 20 else ""
+    summary = "; ".join(tick.notes[:20]) + more or "no failed runs of watched flows to decide"
+    return SensorResult(skip_reason=SkipReason(summary + waiting), cursor=cursor.dump())
+
+
+class _Load:
+    """Resume runs queued or running, counted once per tick (only when a cap needs it)."""
+
+    def __init__(self, instance: DagsterInstance, cap: int | None) -> None:
+        self._instance, self.cap = instance, cap
+        self._counts: Counter[str] | None = None
+
+    def counts(self) -> Counter[str]:
+        if self._counts is None:
+            runs = self._instance.get_runs(RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
+            self._counts = Counter(r.tags[tags.SOURCE_JOB] for r in runs if tags.SOURCE_JOB in r.tags)
+        return self._counts
+
+    def situation(self, job: str, rules: EffectiveFlowSettings, now: float, seen_at: float) -> Situation:
+        if self.cap is None and rules.max_resumes_in_flight is None:
+            return Situation(now=now, first_seen_at=seen_at)
+        counts = self.counts()
+        return Situation(now, seen_at, sum(counts.values()), counts[job], self.cap)
+
+    def add(self, job: str) -> None:
+        if self._counts is not None:
+            self._counts[job] += 1
+
+
+def _evaluate_one(
+    instance: DagsterInstance,
+    record: EventLogRecord,
+    entry: Pending,
+    run: DagsterRun | None,
+    by_job: Mapping[str, Deployment],
+    jobs: Mapping[str, JobDefinition],
+    policy: Policy,
+    load: _Load,
+    now: float,
+    tick: _Tick,
+) -> None:
+    """Decide one failure and apply the decision to ``tick``; an error keeps it for a later tick."""
+    if run is None:
+        tick.notes.append(f"run {entry.run_id} was deleted before it could be handled")
+        return
+    if run.job_name not in by_job:
+        return  # not a watched flow
+    deployment = by_job[run.job_name]
+    try:
+        rules = policy.settings_for(deployment.definitions_file, deployment.job_name)
+    except KeyError:
+        tick.notes.append(f"run {run.run_id}: {deployment.job_name} is no longer in the policy")
+        return
+    try:
+        facts = failed_run_facts(instance, run, record.event_log_entry)
+        decision = decide(facts, rules, load.situation(deployment.job_name, rules, now, entry.seen_at))
+        request = None
+        if decision.action is Action.RESUME:
+            outcome = _resume_request(deployment, jobs, facts, decision, rules)
+            if isinstance(outcome, Decision):
+                decision = outcome
+            else:
+                request = outcome
+        observe = rules.mode == "observe"
+        if decision.action is Action.WAIT:
+            assert decision.due_at is not None
+            tick.pending.append(Pending(run.run_id, entry.storage_id, entry.seen_at, decision.due_at))
+            return
+        if observe:
+            _record_observed(instance, run, decision)
+        elif request is not None:
+            tick.requests.append(request)
+            load.add(deployment.job_name)
+        elif decision.action is Action.GIVE_UP:
+            _record_give_up(instance, run, decision, policy, tick)
+    except Exception as exc:
+        errors = entry.errors + 1
+        message = f"run {run.run_id}: {type(exc).__name__}: {exc}"
+        if errors < MAX_ERRORS_PER_RUN:
+            tick.pending.append(Pending(run.run_id, entry.storage_id, entry.seen_at, now, errors))
+            tick.notes.append(f"{message} (error {errors} of {MAX_ERRORS_PER_RUN}; tried again next tick)")
+        else:
+            tick.notes.append(f"{message}; stopped trying after {errors} ticks with errors")
+        return
+    prefix = "observe mode, would " if observe else ""
+    tick.notes.append(
+        f"run {run.run_id} ({run.job_name}): {prefix}{decision.action.value}: {decision.reason}"
+    )
+
+
+def _resume_request(
+    deployment: Deployment,
+    jobs: Mapping[str, JobDefinition],
+    facts: FailedRun,
+    decision: Decision,
+    rules: EffectiveFlowSettings,
+) -> RunRequest | Decision:
+    """The RunRequest, or a GIVE_UP decision if the daemon could not create that run.
+
+    A request the daemon cannot turn into a run (config that does not validate) fails the
+    tick without moving the cursor, on every tick: the sensor would be frozen. So check first.
+    """
+    assert facts.metaflow_run_id is not None
+    give_up = replace(decision, action=Action.GIVE_UP)
+    try:
+        check_run_id(facts.metaflow_run_id)
+    except MetaflowAccessError as exc:
+        return replace(give_up, reason=str(exc))
+    run_config = resume_run_config(deployment, facts.metaflow_run_id)
+    job = jobs.get(deployment.resume_job_name)
+    if job is None:
+        reason = f"{deployment.resume_job_name} is not loaded; reload the auto_resume code location"
+        return replace(give_up, reason=reason)
+    try:
+        validate_run_config(job, run_config)
+    except DagsterInvalidConfigError as exc:
+        return replace(give_up, reason=f"invalid resume run config: {exc}"[:1000])
+    return RunRequest(
+        # One resume per failed run, ever: the daemon refuses a second run with this key.
+        run_key=f"resume-of-{facts.run_id}",
+        job_name=deployment.resume_job_name,
+        run_config=run_config,
+        tags={
+            **rules.tags,
+            tags.ROOT_RUN_ID: decision.root_run_id,
+            tags.PARENT_RUN_ID: facts.run_id,
+            tags.ORIGIN_METAFLOW_RUN_ID: facts.metaflow_run_id,
+            tags.ATTEMPT: str(decision.attempt),
+            tags.SOURCE_JOB: deployment.job_name,
+            tags.PARENT_FAILURE: failure_signature(facts.step_name, facts.exception_class, facts.message),
+        },
     )
 
 
@@ -167,59 +351,30 @@ def _first_tick(instance: DagsterInstance) -> SensorResult:
 def _runs_by_id(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, DagsterRun]:
     if not run_ids:
         return {}
-    return {run.run_id: run for run in instance.get_runs(RunsFilter(run_ids=list(run_ids)))}
+    return {run.run_id: run for run in instance.get_runs(RunsFilter(run_ids=list(set(run_ids))))}
 
 
-def _handle(
-    instance: DagsterInstance,
-    run_id: str,
-    run: DagsterRun | None,
-    by_job: Mapping[str, Deployment],
-    policy: Policy,
-) -> RunRequest | str | None:
-    """Decide one failed run; a RunRequest to launch, or a note saying why not."""
-    if run is None:
-        return f"run {run_id} was deleted before it could be handled"
-    deployment = by_job[run.job_name]
-    try:
-        settings = policy.settings_for(deployment.definitions_file)
-    except KeyError:
-        return f"run {run_id}: {deployment.job_name} is no longer in the policy"
-    facts = failed_run_facts(instance, run)
-    decision = decide(facts, FlowRules(settings.enabled, settings.max_attempts))
-    if decision.action is Action.RESUME:
-        assert facts.metaflow_run_id is not None
-        try:
-            check_run_id(facts.metaflow_run_id)
-        except MetaflowAccessError as exc:
-            decision = Decision(Action.GIVE_UP, str(exc), decision.attempt, decision.root_run_id)
-        else:
-            return _resume_request(deployment, facts, decision)
-    if decision.action is Action.GIVE_UP:
-        _record_give_up(instance, run, decision)
-    return f"run {run_id} ({run.job_name}): {decision.action.value}: {decision.reason}"
-
-
-def _resume_request(deployment: Deployment, facts: FailedRun, decision: Decision) -> RunRequest:
-    assert facts.metaflow_run_id is not None
-    return RunRequest(
-        # One resume per failed run, ever: the daemon refuses a second run with this key.
-        run_key=f"resume-of-{facts.run_id}",
-        job_name=deployment.resume_job_name,
-        run_config=resume_run_config(deployment, facts.metaflow_run_id),
-        tags={
-            tags.ROOT_RUN_ID: decision.root_run_id,
-            tags.PARENT_RUN_ID: facts.run_id,
-            tags.ORIGIN_METAFLOW_RUN_ID: facts.metaflow_run_id,
-            tags.ATTEMPT: str(decision.attempt),
-            tags.SOURCE_JOB: deployment.job_name,
-        },
-    )
-
-
-def _record_give_up(instance: DagsterInstance, run: DagsterRun, decision: Decision) -> None:
-    """Say on the failed run, where operators look, that it will not be resumed."""
+def _record_give_up(
+    instance: DagsterInstance, run: DagsterRun, decision: Decision, policy: Policy, tick: _Tick
+) -> None:
+    """Say on the failed run, where operators look, that it will not be resumed; notify once."""
     if tags.GAVE_UP in run.tags:
         return
     instance.add_run_tags(run.run_id, {tags.GAVE_UP: decision.reason[:255]})
     instance.report_engine_event(f"auto-resume gave up: {decision.reason}", dagster_run=run)
+    if policy.on_give_up is not None:
+        values = give_up_values(
+            run.run_id, run.job_name, decision.reason, decision.root_run_id, decision.attempt
+        )
+        problem = call_give_up_hook(policy.on_give_up, values)
+        if problem:
+            tick.notes.append(problem)
+
+
+def _record_observed(instance: DagsterInstance, run: DagsterRun, decision: Decision) -> None:
+    """Observe mode: write what would have been done on the run, once; launch nothing."""
+    if tags.OBSERVED in run.tags:
+        return
+    text = f"{decision.action.value}: {decision.reason}"
+    instance.add_run_tags(run.run_id, {tags.OBSERVED: text[:255]})
+    instance.report_engine_event(f"auto-resume (observe mode) would {text}", dagster_run=run)

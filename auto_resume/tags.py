@@ -7,7 +7,9 @@
 | ``auto_resume/origin_metaflow_run_id`` | resume runs | Metaflow run id the resume clones from |
 | ``auto_resume/attempt`` | resume runs | 1 for the first resume of a failure, 2 for the next... |
 | ``auto_resume/source_job`` | resume runs | the flow's own Dagster job |
+| ``auto_resume/parent_failure`` | resume runs | fingerprint of the failure it answers |
 | ``auto_resume/gave_up`` | failed runs | why auto-resume will not resume this run, in words |
+| ``auto_resume/observed`` | failed runs | observe mode: what auto-resume would have done, in words |
 | ``auto_resume/opt_out`` | any run | ``true``: auto-resume leaves the run alone |
 """
 
@@ -17,7 +19,9 @@ PARENT_RUN_ID = PREFIX + "parent_run_id"
 ORIGIN_METAFLOW_RUN_ID = PREFIX + "origin_metaflow_run_id"
 ATTEMPT = PREFIX + "attempt"
 SOURCE_JOB = PREFIX + "source_job"
+PARENT_FAILURE = PREFIX + "parent_failure"
 GAVE_UP = PREFIX + "gave_up"
+OBSERVED = PREFIX + "observed"
 OPT_OUT = PREFIX + "opt_out"
 
 # Set by Dagster on a failed run that its own run retries will launch again.

@@ -166,7 +166,7 @@ BAD_FILES = {
         "version: 1\nflows:\n" + FLOW + "    retries: 3\n",
         "flows[0].retries",
         4,
-        ["allowed fields are: definitions_file, enabled, max_attempts", "remove it"],
+        ["allowed fields are: definitions_file, enabled, mode, max_attempts", "remove it"],
     ),
     "max_attempts not an int": (
         "version: 1\nflows:\n" + FLOW + FLOW.replace("a.py", "b.py") + '    max_attempts: "two"\n',
@@ -209,6 +209,181 @@ BAD_FILES = {
         "flows[1].definitions_file",
         4,
         ["is already listed as flows[0]", "fix: remove one of the two entries"],
+    ),
+    "bad regex": (
+        "version: 1\ndefaults:\n  errors:\n    - {action: never, message: 'timed out (after'}\n",
+        "defaults.errors[0].message",
+        4,
+        ["invalid regular expression 'timed out (after': missing ), unterminated subpattern", "escape"],
+    ),
+    "bad time zone": (
+        "version: 1\ndefaults:\n  windows:\n    timezone: Mars/Olympus_Mons\n",
+        "defaults.windows.timezone",
+        4,
+        ["unknown time zone 'Mars/Olympus_Mons'", "fix: use an IANA name such as `UTC`"],
+    ),
+    "bad glob": (
+        'version: 1\noverrides:\n  - job: "Train[0-9"\n    max_attempts: 5\n',
+        "overrides[0].job",
+        3,
+        ["glob 'Train[0-9' has an unclosed `[`", "fix: close the character class"],
+    ),
+    "override without job": (
+        "version: 1\noverrides:\n  - max_attempts: 5\n",
+        "overrides[0].job",
+        3,
+        ["required field is missing", 'fix: add it, e.g. `job: "Train*"`'],
+    ),
+    "misspelt key in error rule": (
+        "version: 1\ndefaults:\n  errors:\n    - action: never\n      exceptoin: MemoryError\n",
+        "defaults.errors[0].exceptoin",
+        5,
+        ["allowed fields are: action, reason, step, exception, message", "rename it to `exception`"],
+    ),
+    "error rule without condition": (
+        "version: 1\ndefaults:\n  errors:\n    - action: never\n",
+        "defaults.errors[0]",
+        4,
+        ["the rule matches every failure", "fix: add `reason`, `step`, `exception` or `message`"],
+    ),
+    "bad error action": (
+        "version: 1\ndefaults:\n  errors: [{action: retry, step: train}]\n",
+        "defaults.errors[0].action",
+        3,
+        ["must be 'resume' or 'never' (got 'retry')", "`action: never`"],
+    ),
+    "bad failure reason": (
+        "version: 1\ndefaults:\n  errors: [{action: never, reason: crash}]\n",
+        "defaults.errors[0].reason[0]",
+        3,
+        ["must be 'step_failure', 'run_exception', 'unexpected_termination'", "(got 'crash')"],
+    ),
+    "unquoted time": (
+        'version: 1\ndefaults:\n  windows:\n    allowed:\n      - {start: "08:00", end: 18:00}\n',
+        "defaults.windows.allowed[0].end",
+        5,
+        ["YAML read an unquoted time as the number 1080", 'fix: quote it, e.g. `end: "18:00"`'],
+    ),
+    "bad time": (
+        "version: 1\ndefaults:\n  windows:\n    allowed: [{start: 8am, end: '17:00'}]\n",
+        "defaults.windows.allowed[0].start",
+        4,
+        ["expected a time HH:MM (got '8am')", 'fix: write it like `start: "08:30"`'],
+    ),
+    "empty window": (
+        "version: 1\ndefaults:\n  windows:\n    allowed: [{start: '08:00', end: '08:00'}]\n",
+        "defaults.windows.allowed[0]",
+        4,
+        ["start equals end, so the window is empty", "fix: make them differ"],
+    ),
+    "bad weekday": (
+        "version: 1\ndefaults:\n  windows:\n    allowed: [{days: [monday], start: '08:00', end: '17:00'}]\n",
+        "defaults.windows.allowed[0].days[0]",
+        4,
+        ["must be 'mon', 'tue'", "(got 'monday')"],
+    ),
+    "blackout backwards": (
+        "version: 1\ndefaults:\n  windows:\n    blackouts:\n"
+        "      - {start: 2026-12-27 00:00:00, end: 2026-12-24 00:00:00}\n",
+        "defaults.windows.blackouts[0]",
+        5,
+        ["is not after start", "fix: swap or correct them"],
+    ),
+    "blackout not a date": (
+        "version: 1\ndefaults:\n  windows:\n    blackouts: [{start: soon, end: 2026-12-24}]\n",
+        "defaults.windows.blackouts[0].start",
+        4,
+        ["expected a date-time", "(got 'soon')"],
+    ),
+    "backoff multiplier below 1": (
+        "version: 1\ndefaults:\n  backoff: {initial_seconds: 60, multiplier: 0.5}\n",
+        "defaults.backoff.multiplier",
+        3,
+        ["must be >= 1 (got 0.5)", "fix: set it to 1 or more, e.g. `multiplier: 2`"],
+    ),
+    "backoff negative": (
+        "version: 1\nflows:\n" + FLOW + "    backoff: {initial_seconds: -5}\n",
+        "flows[0].backoff.initial_seconds",
+        4,
+        ["must be >= 0 (got -5)"],
+    ),
+    "backoff misspelt": (
+        "version: 1\ndefaults:\n  backoff: {initial: 60}\n",
+        "defaults.backoff.initial",
+        3,
+        ["allowed fields are: initial_seconds, multiplier", "rename it to `initial_seconds`"],
+    ),
+    "backoff as text": (
+        "version: 1\ndefaults:\n  backoff: {initial_seconds: '60'}\n",
+        "defaults.backoff.initial_seconds",
+        3,
+        ["expected a number (got '60')", "fix: write it like `initial_seconds: 60`"],
+    ),
+    "bad mode": (
+        "version: 1\ndefaults:\n  mode: watch\n",
+        "defaults.mode",
+        3,
+        ["must be 'act' or 'observe' (got 'watch')", "`mode: observe`"],
+    ),
+    "reserved tag": (
+        "version: 1\ndefaults:\n  tags: {auto_resume/attempt: '9'}\n",
+        "defaults.tags",
+        3,
+        ["tag 'auto_resume/attempt' is in a reserved namespace", "fix: use your own prefix"],
+    ),
+    "invalid tag key": (
+        "version: 1\ndefaults:\n  tags: {'has space': x}\n",
+        "defaults.tags",
+        3,
+        ["tag key 'has space' is not valid in Dagster"],
+    ),
+    "tag value not text": (
+        "version: 1\ndefaults:\n  tags: {team: 5}\n",
+        "defaults.tags.team",
+        3,
+        ["expected text (got 5)"],
+    ),
+    "in-flight cap zero": (
+        "version: 1\nmax_resumes_in_flight: 0\n",
+        "max_resumes_in_flight",
+        2,
+        ["must be >= 1 (got 0)", "e.g. `max_resumes_in_flight: 10`"],
+    ),
+    "failure age as text": (
+        "version: 1\ndefaults:\n  max_failure_age_seconds: 1d\n",
+        "defaults.max_failure_age_seconds",
+        3,
+        ["whole number (got '1d')", "`max_failure_age_seconds: 86400`"],
+    ),
+    "hook with both": (
+        "version: 1\non_give_up:\n  command: [notify]\n  callable: os:getcwd\n",
+        "on_give_up",
+        2,
+        ["give exactly one of `command` and `callable`"],
+    ),
+    "hook empty command": (
+        "version: 1\non_give_up: {command: []}\n",
+        "on_give_up.command",
+        2,
+        ["must not be empty (got [])"],
+    ),
+    "hook callable not importable": (
+        "version: 1\non_give_up: {callable: 'no_such_module_xyz:notify'}\n",
+        "on_give_up.callable",
+        2,
+        ["cannot import 'no_such_module_xyz'", "fix: install it or correct the module name"],
+    ),
+    "hook callable missing function": (
+        "version: 1\non_give_up: {callable: 'os:no_such_function'}\n",
+        "on_give_up.callable",
+        2,
+        ["os has no function 'no_such_function'"],
+    ),
+    "hook callable without colon": (
+        "version: 1\non_give_up: {callable: notify}\n",
+        "on_give_up.callable",
+        2,
+        ["expected `module:function` (got 'notify')"],
     ),
 }
 
@@ -286,3 +461,73 @@ def test_committed_schema_matches_models() -> None:
     schema = policy_json_schema()
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["title"] == "auto-resume policy"
+
+
+FULL = """\
+version: 1
+enabled: true
+max_resumes_in_flight: 10
+on_give_up: {command: [/usr/local/bin/page, --team, ml]}
+defaults:
+  mode: act
+  max_attempts: 3
+  backoff: {initial_seconds: 60, multiplier: 2, max_seconds: 900, jitter_seconds: 30}
+  errors:
+    - {action: never, reason: [unexpected_termination, start_timeout]}
+    - {action: never, step: "validate*", exception: "ValueError", message: 'schema \\d+'}
+  stop_on_same_failure: true
+  max_failure_age_seconds: 86400
+  windows:
+    timezone: Europe/Paris
+    allowed: [{days: [mon, tue, wed, thu, fri], start: "08:00", end: "20:00"}]
+    blackouts: [{start: 2026-12-24, end: 2026-12-27 00:00:00}]
+  max_resumes_in_flight: 3
+  tags: {team: ml, cost-center: "42"}
+overrides:
+  - {job: "Train*", max_attempts: 5, tags: {team: training}}
+  - {job: "TrainBig", windows: null, mode: observe}
+flows:
+  - definitions_file: a.py
+    max_resumes_in_flight: 1
+  - definitions_file: b.py
+    enabled: false
+"""
+
+
+def test_every_setting_loads_and_merges(tmp_path: Path) -> None:
+    policy = load_policy(write_policy(tmp_path, FULL, flows=("a.py", "b.py")))
+    assert policy.on_give_up is not None and policy.on_give_up.command == (
+        "/usr/local/bin/page",
+        "--team",
+        "ml",
+    )
+    a = policy.settings_for(tmp_path / "a.py", "TrainBig")
+    # defaults, then both matching overrides in order, then the flow entry.
+    assert (a.max_attempts, a.mode, a.max_resumes_in_flight) == (5, "observe", 1)
+    assert a.tags == {"team": "training", "cost-center": "42"}
+    assert a.windows is not None  # `null` in an override inherits, it does not clear
+    assert a.backoff.jitter_seconds == 30
+    assert a.errors[0].reason == ("unexpected_termination", "start_timeout")
+    assert a.errors[1].message == r"schema \d+"
+    other = policy.settings_for(tmp_path / "a.py", "Score")
+    assert (other.max_attempts, other.mode, other.tags["team"]) == (3, "act", "ml")
+    assert policy.settings_for(tmp_path / "b.py", "TrainSmall").enabled is False
+
+
+def test_defaults_keep_the_behaviour_of_a_minimal_policy(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, "version: 1\nflows: [{definitions_file: a.py}]\n", flows=("a.py",))
+    settings = load_policy(path).settings_for(tmp_path / "a.py", "AnyJob")
+    assert settings == EffectiveFlowSettings(enabled=True, max_attempts=2)
+    assert (settings.mode, settings.errors, settings.windows, settings.backoff.initial_seconds) == (
+        "act",
+        (),
+        None,
+        0,
+    )
+    assert (settings.stop_on_same_failure, settings.max_failure_age_seconds) == (False, None)
+
+
+def test_repo_example_policy_is_valid() -> None:
+    policy = load_policy(REPO_ROOT / "policy.yaml")
+    assert policy.sensor.default_status == "stopped"
+    assert len(policy.flows) >= 3

@@ -6,6 +6,7 @@ deploys it. Only the policy differs from the repo's: it ticks every 5 s and star
 """
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -25,7 +27,15 @@ from auto_resume.sensor import SENSOR_NAME
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SERVER_URL = "postgresql+psycopg2://root@127.0.0.1:5432/postgres"
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-EXAMPLES = ("linear_flow", "branch_flow", "foreach_flow")
+EXAMPLES = (
+    "linear_flow",
+    "branch_flow",
+    "foreach_flow",
+    "nested_foreach_flow",
+    "multi_body_flow",
+    "switch_flow",
+    "decorated_flow",
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,14 @@ class Deployment:
         return "\n".join(lines)
 
     def launch(self, location: str, job: str, config: dict[str, object]) -> str:
+        """Submit a run of a metaflow-dagster ``job`` with ``config`` for its start op."""
+        return self.launch_with(location, job, {"ops": {"op_start": {"config": config}}})
+
+    def launch_resume(self, location: str, job: str, config: dict[str, object]) -> str:
+        """Submit a run of a resume ``job`` with ``config`` for its origin op, as typed by hand."""
+        return self.launch_with(location, job, {"ops": {f"{job}__origin": {"config": config}}})
+
+    def launch_with(self, location: str, job: str, run_config: dict[str, object]) -> str:
         """Submit a run of ``job`` through the instance's queue, as the UI would; its run id."""
         run_id = str(uuid.uuid4())
         command = [
@@ -76,7 +94,7 @@ class Deployment:
             "--run-id",
             run_id,
             "--config-json",
-            json.dumps({"ops": {"op_start": {"config": config}}}),
+            json.dumps(run_config),
         ]
         result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -209,3 +227,165 @@ def wait_for_resume_of(
 def counts(workdir: Path) -> dict[str, int]:
     """How many times each task's user code ran, from the flows' counter files."""
     return {path.stem: len(path.read_text().splitlines()) for path in workdir.glob("*.count")}
+
+
+def create_failed_run(
+    instance: DagsterInstance,
+    job_name: str,
+    *,
+    metaflow_run_id: str = "dagster-0123456789ab",
+    step: str = "process",
+    exception: str = "RuntimeError",
+    message: str = "injected failure",
+    run_tags: dict[str, str] | None = None,
+) -> str:
+    """A failed run of ``job_name`` made through the instance API, as a run worker leaves one.
+
+    The run row, the metaflow-dagster command line in its log (``$ python flow.py ... --run-id``)
+    and a real RUN_FAILURE event whose first step failure carries the Metaflow traceback: the
+    event log is all the sensor reads, so it cannot tell these from runs that executed, and
+    they cost milliseconds instead of a run worker each. Returns the run id.
+    """
+    from dagster import DagsterEvent, DagsterEventType
+    from dagster._core.events import JobFailureData, RunFailureReason
+    from dagster._core.events.log import EventLogEntry
+    from dagster._core.execution.plan.objects import StepFailureData
+    from dagster_shared.error import SerializableErrorInfo
+
+    run = instance.add_run(
+        DagsterRun(
+            job_name=job_name,
+            run_id=str(uuid.uuid4()),
+            tags=run_tags or {},
+            status=DagsterRunStatus.STARTED,
+        )
+    )
+    command = f"$ python flow.py --quiet step {step} --run-id {metaflow_run_id} --task-id 1"
+    # What `context.log.info(...)` stores: a plain log line, no Dagster event type.
+    instance.handle_new_event(
+        EventLogEntry(
+            error_info=None,
+            level=logging.INFO,
+            user_message=command,
+            run_id=run.run_id,
+            timestamp=time.time(),
+            job_name=job_name,
+        )
+    )
+    stderr = (
+        f'Traceback (most recent call last):\n  File "flow.py", line 9, in {step}\n'
+        f"    raise {exception}()\n{exception}: {message}\n\nTask failed.\n"
+    )
+    error = SerializableErrorInfo(f"Command failed (exit 1):\n{stderr}", [], "RuntimeError")
+    step_failure = DagsterEvent(
+        event_type_value=DagsterEventType.STEP_FAILURE.value,
+        job_name=job_name,
+        step_key=f"op_{step}",
+        event_specific_data=StepFailureData(error=error, user_failure_data=None),
+    )
+    instance.report_run_failed(
+        run,
+        job_failure_data=JobFailureData(
+            error=None, failure_reason=RunFailureReason.STEP_FAILURE, first_step_failure_event=step_failure
+        ),
+    )
+    return run.run_id
+
+
+class SeparateDeployment:
+    """A deployment of its own (database, ``DAGSTER_HOME``, policy, daemon) beside the session's.
+
+    For tests that restart the daemon or edit the policy, so that they do not disturb the tests
+    sharing the session deployment. Use as a context manager; the database is dropped after.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.database = ""
+        self.deployment: Deployment | None = None
+        self._daemon: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "SeparateDeployment":
+        server = _server_url()
+        name = f"auto_resume_e2e_{uuid.uuid4().hex[:8]}"
+        connection = psycopg2.connect(_psycopg2_dsn(server))
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        connection.close()
+        self.database = server.rsplit("/", 1)[0] + "/" + name
+        home = self.base / "dagster_home"
+        home.mkdir(parents=True)
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+        policy_file = self.base / "policy.yaml"
+        write_policy(policy_file)
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_PG_URL": self.database,
+            "AUTO_RESUME_POLICY": str(policy_file),
+            "METAFLOW_USER": os.environ.get("METAFLOW_USER", "auto-resume"),
+            "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        self.deployment = Deployment(
+            home=home, env=env, policy_file=policy_file, log_file=self.base / "daemon.log"
+        )
+        self.start_daemon()
+        return self
+
+    def start_daemon(self) -> None:
+        """Start ``dagster-daemon run`` and wait until the sensor has a cursor."""
+        assert self.deployment is not None and self._daemon is None
+        with self.deployment.log_file.open("a") as log:
+            self._daemon = subprocess.Popen(
+                [str(ROOT / ".venv" / "bin" / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                cwd=ROOT,
+                env=self.deployment.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_for_first_tick(self.deployment, self._daemon)
+
+    def stop_daemon(self) -> None:
+        """Stop the daemon (SIGTERM, as a service manager would), keeping everything stored."""
+        if self._daemon is None:
+            return
+        self._daemon.terminate()
+        try:
+            self._daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._daemon.pid, 9)
+            self._daemon.wait()
+        self._daemon = None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_daemon()
+        name = self.database.rsplit("/", 1)[1]
+        connection = psycopg2.connect(_psycopg2_dsn(_server_url()))
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.close()
+
+
+def sensor_ticks(instance: DagsterInstance, after: float = 0.0) -> list[Any]:
+    """The sensor's ticks that started after ``after`` (POSIX time), oldest first."""
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name == SENSOR_NAME:
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after)
+            return sorted(ticks, key=lambda tick: tick.timestamp)
+    return []
+
+
+def wait_for_ticks(instance: DagsterInstance, count: int, after: float, timeout: float = 120) -> list[Any]:
+    """Until ``count`` sensor ticks that started after ``after`` have finished; those ticks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ticks = [t for t in sensor_ticks(instance, after) if t.status.value != "STARTED"]
+        if len(ticks) >= count:
+            return ticks
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} sensor ticks after {after} within {timeout}s")

@@ -1,0 +1,335 @@
+"""The per-flow settings of the policy file: backoff, error rules, time windows, hooks.
+
+Frozen pydantic models, validated once when the policy is loaded; `auto_resume.policy` puts
+them together and reports every problem with its file, line and fix. A `ValueError` raised by a
+validator here reads ``"<what>; fix: <how>"``: the loader splits it into the two parts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import re
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Switch = Annotated[bool, Field(strict=True)]  # strict: reject "yes", 1, ...
+Attempts = Annotated[int, Field(ge=0, strict=True)]  # strict: reject "2", 2.5, true
+Seconds = Annotated[float, Field(ge=0, strict=True)]
+Mode = Literal["act", "observe"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# Dagster's RunFailureReason values, lower-cased. unexpected_termination: the run worker died.
+FailureReason = Literal[
+    "step_failure",
+    "run_exception",
+    "unexpected_termination",
+    "job_initialization_failure",
+    "start_timeout",
+    "run_worker_restart",
+    "unknown",
+]
+RESERVED_TAG_PREFIXES = ("auto_resume/", "dagster/", ".dagster/")
+_TAG_KEY = re.compile(r"^([A-Za-z0-9_.-]{1,63}/)?[A-Za-z0-9_.-]{1,63}$")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def check_glob(value: str) -> str:
+    """Rejects an empty glob or one with an unclosed ``[`` (fnmatch would read it literally)."""
+    if not value:
+        raise ValueError("empty pattern; fix: write a name or a glob such as `Train*`")
+    depth_ok = True
+    i = 0
+    while i < len(value):
+        if value[i] == "[":
+            close = value.find("]", i + 2 if value[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if close == -1:
+                depth_ok = False
+                break
+            i = close
+        i += 1
+    if not depth_ok:
+        raise ValueError(
+            f"glob {value!r} has an unclosed `[`; fix: close the character class, e.g. `Train[0-9]*`, "
+            "or write `[[]` for a literal `[`"
+        )
+    return value
+
+
+class Backoff(BaseModel):
+    """How long to wait before a resume: ``initial * multiplier**(attempt-1)``, capped, plus jitter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial_seconds: Seconds = Field(default=0, description="Wait before the first resume of a failure.")
+    multiplier: float = Field(default=2, ge=1, strict=True, description="Factor applied per further attempt.")
+    max_seconds: Seconds = Field(default=3600, description="Upper bound of the wait before jitter.")
+    jitter_seconds: Seconds = Field(
+        default=0, description="Up to this much is added, fixed per failed run (spreads a burst)."
+    )
+
+
+class ErrorRule(BaseModel):
+    """Resume or never resume failures that match; every condition given must match."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: Literal["resume", "never"] = Field(description="`never` gives the failure up at once.")
+    reason: tuple[FailureReason, ...] | None = Field(
+        default=None,
+        description="Dagster failure reasons, e.g. step_failure, unexpected_termination (run worker "
+        "crash), start_timeout; one or a list.",
+    )
+    step: str | None = Field(default=None, description="Failing Metaflow step name, exact or glob.")
+    exception: str | None = Field(
+        default=None, description="Exception class name (e.g. `MemoryError`), exact or glob."
+    )
+    message: str | None = Field(default=None, description="Regular expression searched in the error message.")
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("step", "exception")
+    @classmethod
+    def _glob(cls, value: str | None) -> str | None:
+        return None if value is None else check_glob(value)
+
+    @field_validator("message")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(
+                    f"invalid regular expression {value!r}: {exc}; fix: correct it, or escape "
+                    "special characters with a backslash (in YAML, use single quotes: '\\d+')"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> ErrorRule:
+        if (self.reason, self.step, self.exception, self.message) == (None, None, None, None):
+            raise ValueError(
+                "the rule matches every failure; fix: add `reason`, `step`, `exception` or `message`, "
+                "or use `enabled` / `max_attempts` to stop all resumes"
+            )
+        return self
+
+
+def _clock(value: object, field: str) -> dt.time:
+    if isinstance(value, dt.time):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(
+            f'YAML read an unquoted time as the number {value}; fix: quote it, e.g. `{field}: "18:00"`'
+        )
+    match = _CLOCK.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f'expected a time HH:MM (got {value!r}); fix: write it like `{field}: "08:30"`')
+    return dt.time(int(match.group(1)), int(match.group(2)))
+
+
+class AllowedHours(BaseModel):
+    """Resumes may start on these days between ``start`` and ``end`` (local time, end excluded)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    days: tuple[Weekday, ...] = Field(default=WEEKDAYS, description="Days, e.g. [mon, tue, wed, thu, fri].")
+    start: dt.time = Field(description='Local time "HH:MM" (quoted) the window opens.')
+    end: dt.time = Field(description='Local time "HH:MM" (quoted) it closes; before start means overnight.')
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _parse(cls, value: object, info: Any) -> dt.time:
+        return _clock(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> AllowedHours:
+        if self.start == self.end:
+            raise ValueError(
+                "start equals end, so the window is empty; fix: make them differ "
+                '(for all day, leave `allowed` out, or use start "00:00" end "23:59")'
+            )
+        return self
+
+
+def _moment(value: object) -> object:
+    if isinstance(value, dt.datetime | str):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    raise ValueError(f"expected a date-time (got {value!r}); fix: write it like `start: 2026-12-24 18:00:00`")
+
+
+class Blackout(BaseModel):
+    """A period in which no resume starts (local time unless an offset is given; end excluded)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: dt.datetime = Field(description="First moment, e.g. 2026-12-24 18:00:00 (a date means 00:00).")
+    end: dt.datetime = Field(description="First moment after the blackout.")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _parse(cls, value: object) -> object:
+        return _moment(value)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Blackout:
+        if self.end.replace(tzinfo=None) <= self.start.replace(tzinfo=None) and (
+            (self.end.tzinfo is None) == (self.start.tzinfo is None)
+        ):
+            raise ValueError(f"end {self.end} is not after start {self.start}; fix: swap or correct them")
+        return self
+
+
+class Windows(BaseModel):
+    """When resumes may start; a resume due outside them waits for the next allowed moment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timezone: str = Field(default="UTC", description="IANA time zone of the times below, e.g. Europe/Paris.")
+    allowed: tuple[AllowedHours, ...] = Field(
+        default=(), description="Allowed hours; empty means at any time (blackouts still apply)."
+    )
+    blackouts: tuple[Blackout, ...] = Field(default=(), description="Periods in which nothing starts.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; fix: use an IANA name such as `UTC`, `Europe/Paris` "
+                "or `America/New_York`"
+            ) from None
+        return value
+
+
+class GiveUpHook(BaseModel):
+    """Called once when auto-resume gives a failed run up; its failure is logged, never retried."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command: tuple[str, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="argv run without a shell; AUTO_RESUME_RUN_ID, AUTO_RESUME_JOB_NAME, "
+        "AUTO_RESUME_REASON, AUTO_RESUME_ROOT_RUN_ID, AUTO_RESUME_ATTEMPT are set.",
+    )
+    callable: str | None = Field(
+        default=None, description="`module:function` called with a dict of the same values."
+    )
+    timeout_seconds: float = Field(default=30, gt=0, strict=True, description="Time limit of the command.")
+
+    @field_validator("callable")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _CALLABLE.match(value):
+            raise ValueError(f"expected `module:function` (got {value!r}); fix: e.g. `my_alerts:notify`")
+        module_name, name = value.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(
+                f"cannot import {module_name!r}: {exc}; fix: install it or correct the module name"
+            ) from None
+        if not callable(getattr(module, name, None)):
+            raise ValueError(f"{module_name} has no function {name!r}; fix: correct the name")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> GiveUpHook:
+        if (self.command is None) == (self.callable is None):
+            raise ValueError(
+                "give exactly one of `command` and `callable`; fix: e.g. "
+                "`on_give_up: {command: [/usr/local/bin/page-oncall]}`"
+            )
+        return self
+
+
+def check_tags(value: dict[str, str] | None) -> dict[str, str] | None:
+    """Rejects tag keys Dagster refuses and keys in the namespaces auto-resume or Dagster own."""
+    for key in value or {}:
+        if key.startswith(RESERVED_TAG_PREFIXES):
+            raise ValueError(
+                f"tag {key!r} is in a reserved namespace ({', '.join(RESERVED_TAG_PREFIXES)}); "
+                "fix: use your own prefix, e.g. `team/owner`"
+            )
+        if not _TAG_KEY.match(key):
+            raise ValueError(
+                f"tag key {key!r} is not valid in Dagster; fix: letters, digits, `_`, `-`, `.`, at most "
+                "one `/` (prefix/name), 63 characters per part"
+            )
+    return value
+
+
+class Defaults(BaseModel):
+    """Settings of every flow that does not override them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: Switch = Field(default=True, description="Auto-resume flows unless overridden.")
+    mode: Mode = Field(default="act", description="`observe`: record every decision, launch nothing.")
+    max_attempts: Attempts = Field(
+        default=2, description="Resume runs allowed per original failure (lineage)."
+    )
+    backoff: Backoff = Field(default_factory=Backoff, description="Wait before each resume.")
+    errors: tuple[ErrorRule, ...] = Field(
+        default=(), description="Error rules; the first that matches decides; none matching: resume."
+    )
+    stop_on_same_failure: Switch = Field(
+        default=False,
+        description="Give up when a resume fails like the attempt before it (step, exception, message).",
+    )
+    max_failure_age_seconds: int | None = Field(
+        default=None, ge=1, strict=True, description="Failures older than this when first seen are skipped."
+    )
+    windows: Windows | None = Field(default=None, description="When resumes may start; null: any time.")
+    max_resumes_in_flight: int | None = Field(
+        default=None, ge=1, strict=True, description="Resume runs of one flow queued or running at once."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags added to resume runs.")
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_tags(value)
+
+
+class Overrides(BaseModel):
+    """Settings that replace the defaults; every field is optional (null inherits)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: Switch | None = Field(default=None, description="Overrides defaults.enabled.")
+    mode: Mode | None = Field(default=None, description="Overrides defaults.mode.")
+    max_attempts: Attempts | None = Field(default=None, description="Overrides defaults.max_attempts.")
+    backoff: Backoff | None = Field(default=None, description="Replaces defaults.backoff.")
+    errors: tuple[ErrorRule, ...] | None = Field(default=None, description="Replaces defaults.errors.")
+    stop_on_same_failure: Switch | None = Field(default=None, description="Overrides the default.")
+    max_failure_age_seconds: int | None = Field(
+        default=None, ge=1, strict=True, description="Overrides defaults.max_failure_age_seconds."
+    )
+    windows: Windows | None = Field(default=None, description="Replaces defaults.windows.")
+    max_resumes_in_flight: int | None = Field(
+        default=None, ge=1, strict=True, description="Overrides defaults.max_resumes_in_flight."
+    )
+    tags: dict[str, str] | None = Field(default=None, description="Added to (and win over) defaults.tags.")
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_tags(value)
+
+
+OVERRIDABLE = tuple(Overrides.model_fields)

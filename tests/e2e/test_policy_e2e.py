@@ -1,0 +1,199 @@
+"""The policy carried out by the real daemon on PostgreSQL: limits, backoff, kill switch, observe.
+
+`test_attempts_exhausted` runs real Metaflow on the session deployment. The others edit the
+policy or restart the daemon, so they share a deployment of their own (`SeparateDeployment`)
+and run in file order. Their failed runs are made with `create_failed_run`: a run row, the
+metaflow-dagster command line in its log and a real RUN_FAILURE event written through the
+instance API, which the daemon's sensor reads exactly like a run worker's (it only reads the
+event log); a burst of 100 then costs seconds instead of 100 run workers.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from auto_resume import tags
+from auto_resume.run_facts import failure_details
+from tests.e2e.harness import (
+    Deployment,
+    SeparateDeployment,
+    create_failed_run,
+    sensor_ticks,
+    wait_for_resume_of,
+    wait_for_run,
+    wait_for_ticks,
+    write_policy,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for(condition, timeout: float, what: str, deployment: Deployment | None = None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    details = deployment.diagnostics() if deployment else ""
+    raise AssertionError(f"{what} within {timeout}s\n{details}")
+
+
+def _tag(instance: DagsterInstance, run_id: str, key: str) -> str | None:
+    run = instance.get_run_by_id(run_id)
+    return run.tags.get(key) if run else None
+
+
+def _engine_messages(instance: DagsterInstance, run_id: str, fragment: str) -> list[str]:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+    messages = [
+        r.event_log_entry.dagster_event.message or "" for r in records if r.event_log_entry.dagster_event
+    ]
+    return [m for m in messages if fragment in m]
+
+
+def test_attempts_exhausted(deployment: Deployment, tmp_path: Path) -> None:
+    """A step that fails every time: exactly max_attempts (2) resume runs, then a give-up record."""
+    instance = deployment.instance()
+    workdir = tmp_path / "counters"
+    (workdir / "process.count").mkdir(parents=True)  # the step cannot write its counter: it always fails
+    original = deployment.launch("linear_flow", "LinearFlow", {"workdir": str(workdir)})
+    assert wait_for_run(instance, original).status == DagsterRunStatus.FAILURE
+    parent = original
+    for attempt in (1, 2):
+        resume = wait_for_resume_of(instance, parent, deployment=deployment)
+        assert resume.tags[tags.ATTEMPT] == str(attempt)
+        assert resume.tags[tags.ROOT_RUN_ID] == original
+        assert wait_for_run(instance, resume.run_id).status == DagsterRunStatus.FAILURE
+        parent = resume.run_id
+    reason = _wait_for(lambda: _tag(instance, parent, tags.GAVE_UP), 120, "no give-up record", deployment)
+    assert reason == f"max_attempts (2) spent for the failure of run {original}"
+    assert len(_engine_messages(instance, parent, "auto-resume gave up: max_attempts (2)")) == 1
+    # What failed, read from real failure events: the user's exception inside Metaflow's traceback,
+    # for the flow's own job and for the resume job alike.
+    for run_id in (original, parent):
+        (failure,) = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records
+        details = failure_details(failure.event_log_entry)
+        assert (details.reason, details.step_name, details.exception_class) == (
+            "step_failure",
+            "process",
+            "IsADirectoryError",
+        ), details
+        assert "Is a directory" in details.message
+    lineage = instance.get_runs(RunsFilter(tags={tags.ROOT_RUN_ID: original}))
+    assert sorted(run.tags[tags.ATTEMPT] for run in lineage) == ["1", "2"]
+    assert (workdir / "start.count").read_text() == "ran\n"  # start ran once: resumes cloned it
+
+
+@pytest.fixture(scope="module")
+def separate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeparateDeployment]:
+    with SeparateDeployment(tmp_path_factory.mktemp("policy-e2e")) as running:
+        yield running
+
+
+def _instance(separate: SeparateDeployment) -> DagsterInstance:
+    assert separate.deployment is not None
+    return separate.deployment.instance()
+
+
+def _set_policy(separate: SeparateDeployment, extra: str = "", max_attempts: int = 2) -> None:
+    """Write the policy and wait for a tick that read it (it is re-read on every tick)."""
+    assert separate.deployment is not None
+    write_policy(separate.deployment.policy_file, max_attempts=max_attempts, extra=extra)
+    wait_for_ticks(_instance(separate), 1, after=time.time())
+
+
+def _pending_run_ids(instance: DagsterInstance) -> list[str]:
+    ticks = sensor_ticks(instance)
+    cursor = ticks[-1].tick_data.cursor if ticks else None
+    return [p["run_id"] for p in json.loads(cursor)["pending"]] if cursor else []
+
+
+def test_backoff_honoured_across_daemon_restart(separate: SeparateDeployment) -> None:
+    _set_policy(separate, "  backoff: {initial_seconds: 40}\n", max_attempts=1)
+    instance = _instance(separate)
+    run_id = create_failed_run(instance, "LinearFlow")
+    (record,) = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records
+    failed_at = record.event_log_entry.timestamp
+    _wait_for(
+        lambda: run_id in _pending_run_ids(instance), 60, "the failure did not wait", separate.deployment
+    )
+    separate.stop_daemon()  # the waiting resume now lives only in the stored cursor
+    time.sleep(max(0.0, failed_at + 42 - time.time()))
+    separate.start_daemon()
+    resume = wait_for_resume_of(instance, run_id, deployment=separate.deployment)
+    assert resume.tags[tags.ATTEMPT] == "1"
+    record_of_resume = instance.get_run_record_by_id(resume.run_id)
+    assert record_of_resume is not None
+    assert record_of_resume.create_timestamp.timestamp() >= failed_at + 40
+    # The resume of a made-up Metaflow run fails; with max_attempts 1 that lineage is given up.
+    assert wait_for_run(instance, resume.run_id).status == DagsterRunStatus.FAILURE
+    _wait_for(lambda: _tag(instance, resume.run_id, tags.GAVE_UP), 60, "no give-up", separate.deployment)
+    assert len(instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: run_id}))) == 1
+
+
+def test_kill_switch_launches_nothing(separate: SeparateDeployment) -> None:
+    _set_policy(separate, "enabled: false\n")
+    instance = _instance(separate)
+    before = time.time()
+    run_id = create_failed_run(instance, "LinearFlow")
+    ticks = wait_for_ticks(instance, 2, after=before)
+    reasons = " ".join(t.tick_data.skip_reason or "" for t in ticks)
+    assert f"run {run_id} (LinearFlow): skip: auto-resume is disabled" in reasons
+    assert instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: run_id})) == []
+    assert _tag(instance, run_id, tags.GAVE_UP) is None
+    assert run_id not in _pending_run_ids(instance)
+
+
+def test_observe_only_burst_of_100(separate: SeparateDeployment) -> None:
+    """100 failures at once: 100 decisions within two ticks, each recorded once, nothing launched."""
+    _set_policy(separate, "  mode: observe\n")
+    instance = _instance(separate)
+    resume_runs_before = len(instance.get_runs(RunsFilter(job_name="LinearFlow_resume")))
+    run_ids = [create_failed_run(instance, "LinearFlow") for _ in range(100)]
+    created = time.time()
+
+    def undecided() -> list[str]:
+        return [r for r in run_ids if _tag(instance, r, tags.OBSERVED) is None]
+
+    _wait_for(lambda: not undecided(), 120, "not every failure was decided", separate.deployment)
+    decided_at = []
+    for run_id in run_ids:
+        (message,) = _engine_messages(instance, run_id, "auto-resume (observe mode) would")  # exactly once
+        assert message.startswith("auto-resume (observe mode) would resume: resume dagster-0123456789ab")
+        records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+        decided_at.append(max(r.event_log_entry.timestamp for r in records))
+    # Ticks that started once every failure existed, up to the one that made the last decision.
+    ticks = [t for t in sensor_ticks(instance, after=created) if t.timestamp <= max(decided_at)]
+    print(f"burst of 100: decided by {len(ticks)} tick(s) after the last failure was created")
+    assert len(ticks) <= 2
+    assert len(instance.get_runs(RunsFilter(job_name="LinearFlow_resume"))) == resume_runs_before
+
+
+def test_broken_policy_then_fixed_loses_nothing(separate: SeparateDeployment) -> None:
+    instance = _instance(separate)
+    assert separate.deployment is not None
+    separate.deployment.policy_file.write_text("version: 1\ndefaults:\n  max_atempts: 3\n")
+    broken_at = time.time()
+    (tick,) = wait_for_ticks(instance, 1, after=broken_at)[:1]
+    assert tick.status.value == "FAILURE"
+    assert tick.tick_data.error is not None
+    assert "defaults.max_atempts: unknown field" in tick.tick_data.error.to_string()
+    run_ids = [create_failed_run(instance, "LinearFlow") for _ in range(3)]
+    # Still broken: later ticks fail the same way (a workspace reload keeps the location loaded,
+    # see code_location.build_definitions(strict=False)), and launch nothing.
+    time.sleep(12)
+    latest = wait_for_ticks(instance, 1, after=time.time() - 6)[-1]
+    assert latest.status.value == "FAILURE"
+    assert all(_tag(instance, r, tags.OBSERVED) is None for r in run_ids)
+    write_policy(separate.deployment.policy_file, extra="  mode: observe\n")
+    _wait_for(
+        lambda: all(_tag(instance, r, tags.OBSERVED) for r in run_ids),
+        120,
+        "failures from the broken period were not handled after the fix",
+        separate.deployment,
+    )
