@@ -19,6 +19,16 @@ _CONSTANTS = (
     "METAFLOW_STEP_ENV",
     "STEP_WITH_DECORATORS",
 )
+# Newer metaflow-dagster files also list every step decorator; read it when present.
+_OPTIONAL_CONSTANTS = ("STEP_DECORATOR_SPECS",)
+
+# Step decorators whose ``runtime_step_cli`` hook rewrites the step command (interpreter, remote
+# launcher, extra options). metaflow-dagster calls those hooks; a resume that ran the plain
+# command would execute such a step somewhere else, or differently, so these flows are refused.
+# @environment's hook only adds variables, which the file also passes as ``extra_env``.
+UNSUPPORTED_STEP_DECORATORS = frozenset(
+    {"batch", "kubernetes", "conda", "pypi", "parallel", "sandbox", "slurm", "nvidia", "nvct"}
+)
 
 
 class DeploymentError(Exception):
@@ -111,6 +121,7 @@ def read_deployment(definitions_file: Path) -> Deployment:
             f"point the policy at the file written by `python <flow>.py dagster create <file>`"
         )
     with_decorators: dict[str, list[str]] = constants["STEP_WITH_DECORATORS"]
+    _check_decorators(definitions_file, with_decorators, constants.get("STEP_DECORATOR_SPECS") or {})
     steps = _step_options(tree, with_decorators)
     return Deployment(
         definitions_file=definitions_file.resolve(),
@@ -123,6 +134,29 @@ def read_deployment(definitions_file: Path) -> Deployment:
     )
 
 
+def decorator_name(spec: str) -> str:
+    """The decorator name of a Metaflow decospec (``retry:times=1`` -> ``retry``)."""
+    return spec.split(":", 1)[0].strip()
+
+
+def _check_decorators(
+    definitions_file: Path,
+    with_decorators: dict[str, list[str]],
+    decorator_specs: dict[str, list[str]],
+) -> None:
+    for source in (with_decorators, decorator_specs):
+        for step_name, specs in source.items():
+            for spec in specs:
+                name = decorator_name(str(spec))
+                if name in UNSUPPORTED_STEP_DECORATORS:
+                    raise DeploymentError(
+                        f"{definitions_file}: step {step_name!r} uses @{name}, which changes how "
+                        "the step is launched; auto-resume runs steps locally with the plain "
+                        "Metaflow command and cannot resume this flow: remove the flow from the "
+                        "policy (or the decorator from the step)"
+                    )
+
+
 def _module_constants(tree: ast.Module) -> dict[str, Any]:
     constants: dict[str, Any] = {}
     for node in tree.body:
@@ -132,7 +166,7 @@ def _module_constants(tree: ast.Module) -> dict[str, Any]:
             target, value = node.target, node.value
         else:
             continue
-        if isinstance(target, ast.Name) and target.id in _CONSTANTS:
+        if isinstance(target, ast.Name) and target.id in _CONSTANTS + _OPTIONAL_CONSTANTS:
             try:
                 constants[target.id] = ast.literal_eval(value)
             except ValueError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from auto_resume.deployment import Deployment
 
@@ -30,6 +32,8 @@ _TAIL = 3000
 
 # Local metadata writes are serialised: Metaflow's local provider is not thread safe.
 _METADATA_LOCK = threading.Lock()
+# Origin steps whose datastores are kept for cloning (a resume clones one step at a time).
+_ORIGIN_SETS_KEPT = 2
 
 
 class MetaflowAccessError(Exception):
@@ -192,6 +196,12 @@ def load_flow_shape(flow_file: Path, flow_name: str) -> FlowShape:
     steps = []
     for node in graph.sorted_nodes:
         shape = graph[node] if isinstance(node, str) else node
+        if shape.parallel_step or shape.parallel_foreach or shape.type == "split-parallel":
+            raise MetaflowAccessError(
+                f"flow {flow_name} in {flow_file}: step {shape.name!r} is a @parallel step (or "
+                "starts one), which metaflow-dagster and auto-resume do not support; remove the "
+                "flow from the policy"
+            )
         steps.append(
             StepShape(
                 name=shape.name,
@@ -219,7 +229,40 @@ def _topological(steps: list[StepShape]) -> tuple[StepShape, ...]:
                 progress = True
         if not progress:
             raise MetaflowAccessError("flow graph has a cycle; recursive steps are not supported")
+    # A recursive step (a switch that goes back to itself or an earlier step) is not an in_func
+    # of its target, so the order above does not see it: look for transitions that go back.
+    position = {shape.name: index for index, shape in enumerate(ordered)}
+    for shape in ordered:
+        back = [name for name in shape.out_funcs if position.get(name, len(ordered)) <= position[shape.name]]
+        if back:
+            raise MetaflowAccessError(
+                f"step {shape.name!r} goes back to {', '.join(back)}: recursive steps are not "
+                "supported by metaflow-dagster or auto-resume; remove the flow from the policy"
+            )
     return tuple(ordered)
+
+
+def _fast_local_provider(provider_class: Any) -> Any:
+    """Metaflow's local metadata provider, writing its JSON files several times faster.
+
+    A clone writes about 25 small metadata files (one per artifact and metadatum); the local
+    provider streams each through ``json.dump`` into a ``NamedTemporaryFile``, which costs more
+    than the rest of the clone. Same files, same content, same write-then-rename.
+    """
+
+    class FastLocalMetadataProvider(provider_class):  # type: ignore[misc]
+        @classmethod
+        def _dump_json_to_file(cls, filepath: str, data: Any, allow_overwrite: bool = False) -> None:
+            if not allow_overwrite and os.path.isfile(filepath):
+                return
+            # A dot file: the client's globs (sysmeta_attempt-done_*, ...) never see it.
+            directory, name = os.path.split(filepath)
+            temporary = os.path.join(directory, f".{name}.{os.getpid()}-{threading.get_ident()}")
+            with open(temporary, "w") as out:
+                out.write(json.dumps(data))
+            os.replace(temporary, filepath)
+
+    return FastLocalMetadataProvider
 
 
 class MetaflowRun:
@@ -235,6 +278,8 @@ class MetaflowRun:
         metadata_type = deployment.top_arg("metadata") or "local"
         storage_impl = next((d for d in DATASTORES if datastore_type == d.TYPE), None)
         provider_class = next((m for m in METADATA_PROVIDERS if metadata_type == m.TYPE), None)
+        if provider_class is not None and provider_class.TYPE == "local":
+            provider_class = _fast_local_provider(provider_class)
         if storage_impl is None or provider_class is None:
             raise MetaflowAccessError(
                 f"{deployment.definitions_file}: unsupported datastore {datastore_type!r} "
@@ -252,6 +297,13 @@ class MetaflowRun:
 
         self.flow_datastore = FlowDataStore(deployment.flow_name, storage_impl=storage_impl, ds_root=root)
         self.metadata = provider_class(MetaflowEnvironment(_Flow), _Flow, None, None)
+        # With the provider attached, a cloned task's datastore registers its artifacts and its
+        # finished attempt when done, as a task run by Metaflow does: the client reads them.
+        self.flow_datastore.metadata = self.metadata
+        # The origin datastores read by origin_tasks, reused by clone_task instead of opening
+        # every origin task a second time; and the steps whose record already exists.
+        self._origin_sets: dict[tuple[str, str], Any] = {}
+        self._steps_registered: set[tuple[str, str]] = set()
 
     def _apply_step_env(self) -> None:
         # The definitions file's METAFLOW_STEP_ENV (e.g. the local datastore sysroot) must hold
@@ -280,6 +332,9 @@ class MetaflowRun:
             indices = tuple(frame.index for frame in datastore["_foreach_stack"])
             ok = bool(datastore["_task_ok"]) if "_task_ok" in datastore else False
             tasks[indices] = OriginTask(datastore.pathspec, datastore.pathspec.split("/")[2], ok)
+        self._origin_sets[(run_id, step_name)] = task_set
+        while len(self._origin_sets) > _ORIGIN_SETS_KEPT:
+            self._origin_sets.pop(next(iter(self._origin_sets)))
         return tasks
 
     def run_exists(self, run_id: str) -> bool:
@@ -287,9 +342,14 @@ class MetaflowRun:
         return bool(self.origin_tasks(run_id, "_parameters"))
 
     def register_run(self, run_id: str) -> None:
-        """Make ``run_id`` known to the metadata provider (and so to the client)."""
+        """Make ``run_id`` known to the metadata provider (and so to the client).
+
+        The run carries the ``--tag`` values the definitions file passes to its steps: the
+        client shows tags per run, as for ``python flow.py run --tag ...``.
+        """
+        tags = sorted({tag for options in self.deployment.steps.values() for tag in options.tags})
         with _METADATA_LOCK:
-            self.metadata.register_run_id(run_id)
+            self.metadata.register_run_id(run_id, tags=tags)
 
     def register_task(self, run_id: str, step_name: str, task_id: str) -> None:
         """Create the step and task records the Metaflow client lists.
@@ -300,27 +360,61 @@ class MetaflowRun:
         with _METADATA_LOCK:
             new_task = getattr(self.metadata, "_new_task", None)
             if new_task is not None:
-                new_task(run_id, step_name, task_id)
+                # The step subprocess finds the record there and does not add its --tag values.
+                new_task(run_id, step_name, task_id, tags=list(self.deployment.step_options(step_name).tags))
             else:
                 self.metadata.register_task_id(run_id, step_name, task_id)
 
     def clone_task(self, origin_pathspec: str, run_id: str, step_name: str, task_id: str) -> None:
-        """Copy a finished task into ``run_id`` without running its code."""
-        from metaflow.clone_util import clone_task_helper
+        """Copy a finished task into ``run_id`` without running its code.
+
+        What ``metaflow.clone_util.clone_task_helper`` does (artifact index, ``origin-run-id`` /
+        ``origin-task-id`` / ``attempt`` / ``attempt_ok`` metadata, DONE marker) minus the
+        system metadata it registers again for every task (user, runtime, versions: the origin
+        task has them), which is half of the files a clone writes on the local provider.
+        """
+        from metaflow.metadata_provider.metadata import MetaDatum
 
         origin_run_id, _, origin_task_id = origin_pathspec.split("/")
-        self.register_task(run_id, step_name, task_id)
+        origin_set = self._origin_sets.get((origin_run_id, step_name))
+        origin = origin_set.get_with_pathspec(origin_pathspec) if origin_set is not None else None
+        if origin is None:
+            origin = self.flow_datastore.get_task_datastore(origin_run_id, step_name, origin_task_id)
+        output = self.flow_datastore.get_task_datastore(run_id, step_name, task_id, attempt=0, mode="w")
+        output.init_task()
+        output.clone(origin)
+        tags = ["attempt_id:0"]
         with _METADATA_LOCK:
-            clone_task_helper(
-                self.deployment.flow_name,
-                origin_run_id,
+            if origin_task_id.isdigit():
+                # The client reads a clone's metadata through its origin task; metaflow-dagster's
+                # runs (task id 1) have no task record, so add it (records only, no data).
+                self._ensure_records(origin_run_id, step_name, origin_task_id)
+            self._ensure_records(run_id, step_name, task_id)
+            self.metadata.register_metadata(
                 run_id,
                 step_name,
-                origin_task_id,
                 task_id,
-                self.flow_datastore,
-                self.metadata,
+                [
+                    MetaDatum(field="origin-task-id", value=origin_task_id, type="origin-task-id", tags=tags),
+                    MetaDatum(field="origin-run-id", value=origin_run_id, type="origin-run-id", tags=tags),
+                    MetaDatum(field="attempt", value="0", type="attempt", tags=tags),
+                    MetaDatum(field="attempt_ok", value="True", type="internal_attempt_status", tags=tags),
+                ],
             )
+            output.done()
+
+    def _ensure_records(self, run_id: str, step_name: str, task_id: str) -> None:
+        # The step and task records the client lists (the local provider's register_task_id
+        # skips them for integer task ids); register_task_id itself would also write the
+        # system metadata again.
+        ensure_meta = getattr(self.metadata, "_ensure_meta", None)
+        if ensure_meta is None:  # e.g. the service provider: it registers any task id
+            self.metadata.register_task_id(run_id, step_name, task_id)
+            return
+        if (run_id, step_name) not in self._steps_registered:
+            ensure_meta("step", run_id, step_name, None)
+            self._steps_registered.add((run_id, step_name))
+        ensure_meta("task", run_id, step_name, task_id)
 
     def task_outcome(self, pathspec: str, step_type: str) -> TaskOutcome:
         """Foreach split count and chosen branches of a finished task of the new run."""

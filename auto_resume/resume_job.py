@@ -12,11 +12,16 @@ The job runs in one process (in-process executor): a cloned task costs a few mil
 starting a Dagster op process per step would dominate the cost of a resume. Tasks that must run
 again are Metaflow subprocesses, exactly as metaflow-dagster starts them, several at once within
 a step.
+
+A task that fails does not stop the steps after it: they still clone (or run) every task that
+does not depend on it, so the new Metaflow run holds all the work done so far and the next
+resume, which starts from it, repeats none of it. The last op, ``<job>_resume__finish``, fails
+the run if any task failed.
 """
 
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +62,14 @@ from auto_resume.resume_plan import (
 RUN_ID_LOG_PREFIX = "auto-resume: metaflow_run_id="
 DEFAULT_MAX_PARALLEL_TASKS = 4
 _STDERR_TAIL = 3000
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a step op hands to the steps after it: its finished tasks, and its failures."""
+
+    records: tuple[TaskRecord, ...]
+    failures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,7 @@ def build_resume_job(deployment: Deployment, flow: FlowShape) -> JobDefinition:
     job_name = deployment.resume_job_name
     origin_op = _origin_op(job_name, deployment, flow)
     step_ops = {step.name: _step_op(job_name, deployment, flow, step) for step in flow.steps}
+    finish_op = _finish_op(job_name, flow)
 
     @job(
         name=job_name,
@@ -117,6 +131,7 @@ def build_resume_job(deployment: Deployment, flow: FlowShape) -> JobDefinition:
         for step in flow.steps:
             parents = {f"from_{p}": outputs[p] for p in step.in_funcs}
             outputs[step.name] = step_ops[step.name](resume=resume, **parents)
+        finish_op(resume=resume, **{f"from_{name}": output for name, output in outputs.items()})
 
     return _resume_job
 
@@ -183,11 +198,31 @@ def _step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepS
 
     # "step_" keeps step ops apart from the origin op whatever the steps are called.
     @op(name=f"{job_name}__step_{step.name}", ins=ins, out=Out(Any))
-    def _step(context: OpExecutionContext, resume: ResumeContext, **parents: Any) -> list[TaskRecord]:
-        by_step = {name[len("from_") :]: records for name, records in parents.items()}
+    def _step(context: OpExecutionContext, resume: ResumeContext, **parents: StepOutcome) -> StepOutcome:
+        by_step = {name[len("from_") :]: outcome.records for name, outcome in parents.items()}
         return _execute_step(context, deployment, flow, step, resume, by_step)
 
     return _step
+
+
+def _finish_op(job_name: str, flow: FlowShape) -> OpDefinition:
+    ins = {"resume": In(Any), **{f"from_{s.name}": In(Any) for s in flow.steps}}
+
+    @op(name=f"{job_name}__finish", ins=ins)
+    def _finish(context: OpExecutionContext, resume: ResumeContext, **steps: StepOutcome) -> None:
+        failures = [message for outcome in steps.values() for message in outcome.failures]
+        if failures:
+            raise Failure(
+                description=(
+                    f"{len(failures)} task(s) of {flow.name}/{resume.run_id} failed; every task "
+                    "that did not depend on them was cloned or run, so resuming this run repeats "
+                    "none of that work:\n" + "\n\n".join(failures)
+                ),
+                metadata={"metaflow_run_id": resume.run_id},
+            )
+        context.log.info(f"{flow.name}/{resume.run_id}: every task finished")
+
+    return _finish
 
 
 def _execute_step(
@@ -197,11 +232,11 @@ def _execute_step(
     step: StepShape,
     resume: ResumeContext,
     parents: Mapping[str, Sequence[TaskRecord]],
-) -> list[TaskRecord]:
+) -> StepOutcome:
     instances = instances_for(step, flow, parents, resume.parameters_pathspec)
     if not instances:
-        context.log.info(f"step {step.name}: no task (branch not taken)")
-        return []
+        context.log.info(f"step {step.name}: no task (branch not taken, or its inputs failed)")
+        return StepOutcome(records=())
     access = _access(deployment)
     try:
         origin = access.origin_tasks(resume.origin_run_id, step.name)
@@ -209,57 +244,86 @@ def _execute_step(
         raise Failure(description=str(exc)) from exc
     actions = plan_step(instances, origin, rerun=step.name in resume.rerun_steps)
     records: dict[tuple[int, ...], TaskRecord] = {}
-    started = time.monotonic()
     clones = [a for a in actions if a.clone]
-    for action in clones:
-        assert action.origin is not None
-        pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
-        access.clone_task(action.origin.pathspec, resume.run_id, step.name, action.task_id)
-        records[action.instance.indices] = _record(access, step, action, pathspec, cloned=True)
-    clone_seconds = time.monotonic() - started
     executions = [a for a in actions if not a.clone]
-    failures = _execute_tasks(context, access, step, resume, executions, records)
+    # Start the tasks that must run first, then clone while their subprocesses work: clones
+    # are in-process file copies, so on a wide step they cost nothing on the critical path.
+    with _TaskRunner(context, access, step, resume, executions, records) as runner:
+        started = time.monotonic()
+        for action in clones:
+            assert action.origin is not None
+            pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
+            access.clone_task(action.origin.pathspec, resume.run_id, step.name, action.task_id)
+            records[action.instance.indices] = _record(access, step, action, pathspec, cloned=True)
+        clone_seconds = time.monotonic() - started
+    failures = runner.failures
     summary = (
         f"step {step.name}: {len(clones)} task(s) cloned from {resume.origin_run_id} "
         f"in {clone_seconds:.2f}s, {len(executions)} executed"
     )
+    # One log line per step, not per cloned task: each event is a row in the event log storage.
     context.log.info(summary)
-    for action in clones:
-        assert action.origin is not None
-        context.log.debug(f"cloned {action.origin.pathspec} -> {resume.run_id}/{step.name}/{action.task_id}")
     if failures:
-        raise Failure(
-            description=f"{summary}; {len(failures)} failed:\n" + "\n\n".join(failures),
-            metadata={"metaflow_run_id": resume.run_id},
+        context.log.error(
+            f"{summary}; {len(failures)} failed (the steps after it go on with the other tasks):\n"
+            + "\n\n".join(failures)
         )
     context.add_output_metadata(
         {
             "metaflow_run_id": resume.run_id,
             "tasks_cloned": len(clones),
             "tasks_executed": len(executions),
+            "tasks_failed": len(failures),
             "cloned_from": MetadataValue.md(
                 "\n".join(f"- `{a.origin.pathspec}`" for a in clones[:50] if a.origin)
                 + ("\n- ..." if len(clones) > 50 else "")
             ),
         }
     )
-    return [records[key] for key in sorted(records)]
+    return StepOutcome(records=tuple(records[key] for key in sorted(records)), failures=tuple(failures))
 
 
-def _execute_tasks(
-    context: OpExecutionContext,
-    access: MetaflowRun,
-    step: StepShape,
-    resume: ResumeContext,
-    executions: Sequence[TaskAction],
-    records: dict[tuple[int, ...], TaskRecord],
-) -> list[str]:
-    """Run tasks as Metaflow subprocesses; return one message per task that failed."""
-    if not executions:
-        return []
-    options = access.deployment.step_options(step.name)
+class _TaskRunner:
+    """Runs tasks as Metaflow subprocesses in a thread pool, from ``__enter__`` to ``__exit__``.
 
-    def _run(action: TaskAction) -> str | None:
+    ``failures`` holds one message per task that failed once the ``with`` block has ended.
+    """
+
+    def __init__(
+        self,
+        context: OpExecutionContext,
+        access: MetaflowRun,
+        step: StepShape,
+        resume: ResumeContext,
+        executions: Sequence[TaskAction],
+        records: dict[tuple[int, ...], TaskRecord],
+    ) -> None:
+        self._context = context
+        self._access = access
+        self._step = step
+        self._resume = resume
+        self._executions = executions
+        self._records = records
+        self._options = access.deployment.step_options(step.name)
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: list[Future[str | None]] = []
+        self.failures: list[str] = []
+
+    def __enter__(self) -> "_TaskRunner":
+        if self._executions:
+            workers = min(self._resume.max_parallel_tasks, len(self._executions))
+            self._pool = ThreadPoolExecutor(max_workers=workers)
+            self._futures = [self._pool.submit(self._run, action) for action in self._executions]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=True)
+        self.failures = [message for future in self._futures if (message := future.result())]
+
+    def _run(self, action: TaskAction) -> str | None:
+        access, step, resume, options = self._access, self._step, self._resume, self._options
         instance = action.instance
         access.register_task(resume.run_id, step.name, action.task_id)
         for attempt in range(options.max_user_code_retries + 1):
@@ -271,11 +335,11 @@ def _execute_tasks(
                 instance.split_index,
                 retry_count=attempt,
             )
-            context.log.info("$ " + " ".join(command))
+            self._context.log.info("$ " + " ".join(command))
             result = access.run_step(command, step.name)
             if result.returncode == 0:
                 pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
-                records[instance.indices] = _record(access, step, action, pathspec, cloned=False)
+                self._records[instance.indices] = _record(access, step, action, pathspec, cloned=False)
                 return None
             if attempt < options.max_user_code_retries and options.retry_delay_seconds:
                 time.sleep(options.retry_delay_seconds)
@@ -283,11 +347,6 @@ def _execute_tasks(
             f"{resume.run_id}/{step.name}/{action.task_id} exited with status "
             f"{result.returncode}:\n{(result.stderr or result.stdout)[-_STDERR_TAIL:]}"
         )
-
-    workers = min(resume.max_parallel_tasks, len(executions))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = list(pool.map(_run, executions))
-    return [message for message in outcomes if message]
 
 
 def _record(
@@ -300,6 +359,7 @@ def _record(
         cloned=cloned,
         num_splits=outcome.num_splits,
         next_steps=outcome.next_steps,
+        widths=action.instance.widths,
     )
 
 

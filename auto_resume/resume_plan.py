@@ -3,6 +3,11 @@
 Pure functions of plain data. A task of the new run is identified by its step and its foreach
 index path (``()`` outside any foreach, ``(3,)`` for item 3, ``(1, 0)`` nested), the same key
 Metaflow's own resume uses, so the choice of task ids never decides what is reused.
+
+A step's tasks are planned from the tasks its parent steps finished in the new run. When a task
+fails, the rest of the flow is still planned: tasks that do not depend on it are cloned (or run)
+anyway, so that the next resume of this run finds every completed task in it. A join is only
+planned once all of its inputs exist, which the foreach widths carried by every record tell.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ class TaskRecord:
     cloned: bool
     num_splits: int | None = None
     next_steps: tuple[str, ...] | None = None
+    # Split count of each enclosing foreach, parallel to ``indices``: a foreach join knows from
+    # it how many inputs it must wait for.
+    widths: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class TaskInstance:
     input_paths: tuple[str, ...]
     split_index: int | None
     inputs_cloned: bool
+    widths: tuple[int, ...] = ()
+    is_foreach_join: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,9 +62,15 @@ class TaskAction:
         return self.origin is not None
 
 
-def task_id_for(indices: Sequence[int]) -> str:
-    """metaflow-dagster's task id for a task at this foreach index path."""
-    return "-".join(["1", *(str(i) for i in indices)])
+def task_id_for(indices: Sequence[int], foreach_join: bool = False) -> str:
+    """metaflow-dagster's task id for a task at this foreach index path.
+
+    ``1`` outside any foreach, ``1-2`` for item 2, ``1-2-0`` nested. A foreach join inside an
+    enclosing foreach gets ``-join`` appended (``1-2-join``), as in metaflow-dagster's compound
+    ops, so that it never shares an id with the foreach step at the same index path.
+    """
+    base = "-".join(["1", *(str(i) for i in indices)])
+    return f"{base}-join" if foreach_join and indices else base
 
 
 def instances_for(
@@ -74,40 +90,46 @@ def instances_for(
     if not step.in_funcs:
         return [TaskInstance(step.name, (), (parameters_pathspec,), None, True)]
     if step.is_foreach_join:
-        return _grouped(step, parents[step.in_funcs[0]], drop_last=True)
+        return _foreach_join(step, parents.get(step.in_funcs[0], ()))
     if step.type == "join":
-        return _grouped(step, [r for p in step.in_funcs for r in parents[p]], drop_last=False)
+        return _static_join(step, parents)
     instances: list[TaskInstance] = []
     for parent_name in step.in_funcs:
         parent_type = flow.step(parent_name).type
-        for record in parents[parent_name]:
+        for record in parents.get(parent_name, ()):
             if parent_type == "foreach":
-                for index in range(record.num_splits or 0):
-                    instances.append(
-                        TaskInstance(
-                            step.name,
-                            (*record.indices, index),
-                            (record.pathspec,),
-                            index,
-                            record.cloned,
-                        )
+                width = record.num_splits or 0
+                instances.extend(
+                    TaskInstance(
+                        step.name,
+                        (*record.indices, index),
+                        (record.pathspec,),
+                        index,
+                        record.cloned,
+                        (*record.widths, width),
                     )
+                    for index in range(width)
+                )
             elif parent_type != "split-switch" or step.name in (record.next_steps or ()):
                 instances.append(
-                    TaskInstance(step.name, record.indices, (record.pathspec,), None, record.cloned)
+                    TaskInstance(
+                        step.name, record.indices, (record.pathspec,), None, record.cloned, record.widths
+                    )
                 )
-    return instances
+    return sorted(instances, key=lambda instance: instance.indices)
 
 
-def _grouped(step: StepShape, records: Sequence[TaskRecord], drop_last: bool) -> list[TaskInstance]:
+def _foreach_join(step: StepShape, records: Sequence[TaskRecord]) -> list[TaskInstance]:
+    """One task per enclosing index path whose foreach items have all finished."""
     groups: dict[tuple[int, ...], list[TaskRecord]] = {}
     for record in records:
-        key = record.indices[:-1] if drop_last else record.indices
-        groups.setdefault(key, []).append(record)
+        groups.setdefault(record.indices[:-1], []).append(record)
     instances = []
     for key, members in sorted(groups.items()):
-        if drop_last:
-            members = sorted(members, key=lambda r: r.indices[-1])
+        widths = members[0].widths
+        if not widths or len({m.indices for m in members}) != widths[-1]:
+            continue  # an item failed or never ran: the join waits for the next resume
+        members = sorted(members, key=lambda r: r.indices[-1])
         instances.append(
             TaskInstance(
                 step.name,
@@ -115,6 +137,32 @@ def _grouped(step: StepShape, records: Sequence[TaskRecord], drop_last: bool) ->
                 tuple(r.pathspec for r in members),
                 None,
                 all(r.cloned for r in members),
+                widths[:-1],
+                is_foreach_join=True,
+            )
+        )
+    return instances
+
+
+def _static_join(step: StepShape, parents: Mapping[str, Sequence[TaskRecord]]) -> list[TaskInstance]:
+    """One task per index path at which every branch of the split has finished."""
+    by_key: dict[tuple[int, ...], dict[str, TaskRecord]] = {}
+    for parent_name in step.in_funcs:
+        for record in parents.get(parent_name, ()):
+            by_key.setdefault(record.indices, {})[parent_name] = record
+    instances = []
+    for key, branches in sorted(by_key.items()):
+        if len(branches) != len(step.in_funcs):
+            continue  # a branch failed or never ran
+        members = [branches[name] for name in step.in_funcs]
+        instances.append(
+            TaskInstance(
+                step.name,
+                key,
+                tuple(r.pathspec for r in members),
+                None,
+                all(r.cloned for r in members),
+                members[0].widths,
             )
         )
     return instances
@@ -135,6 +183,10 @@ def plan_step(
     for instance in instances:
         origin = origin_tasks.get(instance.indices)
         reusable = origin is not None and origin.ok and instance.inputs_cloned and not rerun
-        task_id = origin.task_id if origin is not None else task_id_for(instance.indices)
+        task_id = (
+            origin.task_id
+            if origin is not None
+            else task_id_for(instance.indices, foreach_join=instance.is_foreach_join)
+        )
         actions.append(TaskAction(instance, task_id, origin if reusable else None))
     return actions

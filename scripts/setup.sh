@@ -25,12 +25,16 @@ fi
 export METAFLOW_USER=${METAFLOW_USER:-auto-resume}
 export METAFLOW_DATASTORE_SYSROOT_LOCAL=${METAFLOW_DATASTORE_SYSROOT_LOCAL:-$ROOT}
 mkdir -p examples/generated
-for flow in linear_flow branch_flow foreach_flow; do
+# decorated_flow is compiled with a --tag, which the definitions file forwards to every step.
+for flow in linear_flow branch_flow foreach_flow nested_foreach_flow multi_body_flow switch_flow \
+    decorated_flow; do
   out=examples/generated/${flow}_dagster.py
+  extra=()
+  if [ "$flow" = decorated_flow ]; then extra=(--tag team:auto-resume); fi
   if [ ! -f "$out" ] || [ "examples/flows/$flow.py" -nt "$out" ] || ! grep -q "$ROOT" "$out"; then
     echo "setup: compiling examples/flows/$flow.py -> $out" >&2
     if ! .venv/bin/python "examples/flows/$flow.py" --no-pylint --datastore=local --metadata=local \
-        dagster create "$out" >.venv/compile.log 2>&1; then
+        dagster create "${extra[@]}" "$out" >.venv/compile.log 2>&1; then
       cat .venv/compile.log >&2
       exit 1
     fi

@@ -49,7 +49,8 @@ def test_examples_give_resume_jobs_and_sensor(tmp_path: Path) -> None:
     for job_name, (_, steps) in EXAMPLES.items():
         resume = defs.resolve_job_def(f"{job_name}_resume")
         assert sorted(node.name for node in resume.all_node_defs) == sorted(
-            [f"{job_name}_resume__origin"] + [f"{job_name}_resume__step_{step}" for step in steps]
+            [f"{job_name}_resume__origin", f"{job_name}_resume__finish"]
+            + [f"{job_name}_resume__step_{step}" for step in steps]
         )
 
     sensor = defs.resolve_sensor_def("auto_resume_sensor")
@@ -73,7 +74,10 @@ def test_repo_policy_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     # must fail here, not in a deployment.
     monkeypatch.chdir(REPO_ROOT)
     defs = build_definitions(Path("policy.yaml"))
-    assert {job.name for job in defs.resolve_all_job_defs()} == {f"{job}_resume" for job in EXAMPLES}
+    shapes = ("NestedForeachFlow", "MultiBodyFlow", "SwitchFlow", "DecoratedFlow")  # tests/e2e/test_shapes.py
+    assert {job.name for job in defs.resolve_all_job_defs()} == {
+        f"{job}_resume" for job in (*EXAMPLES, *shapes)
+    }
     assert defs.resolve_sensor_def("auto_resume_sensor").name == "auto_resume_sensor"
 
 
@@ -158,4 +162,28 @@ def test_step_named_origin(tmp_path: Path) -> None:
     compile_definitions(flow_file, definitions, os.environ)  # metaflow-dagster accepts the flow
     defs = build_definitions(write_policy(tmp_path, definitions))
     names = op_names(defs)
-    assert len(names) == len(set(names)) == 4
+    assert len(names) == len(set(names)) == 5  # origin, three steps, finish
+
+
+def test_invalid_policy_at_reload_keeps_jobs_and_the_sensor_shows_the_error(tmp_path: Path) -> None:
+    """Strict (validate, first load by hand) raises; the deployed location salvages the flows."""
+    from dagster import DagsterInstance, build_sensor_context
+
+    policy = write_policy(tmp_path, generated("linear_flow_dagster.py"))
+    policy.write_text(
+        policy.read_text().replace("version: 1\n", "version: 1\nsensor:\n  default_status: running\n")
+        + "defaults:\n  max_atempts: 3\n"
+    )
+    with pytest.raises(PolicyError):
+        build_definitions(policy)
+    defs = build_definitions(policy, strict=False)
+    assert defs.resolve_job_def("LinearFlow_resume") is not None
+    sensor = defs.resolve_sensor_def("auto_resume_sensor")
+    assert sensor.default_status.value == "RUNNING"
+    home = tmp_path / "home"
+    home.mkdir()
+    with (
+        DagsterInstance.local_temp(tempdir=str(home)) as instance,
+        pytest.raises(Exception, match=r"defaults\.max_atempts"),
+    ):
+        sensor(build_sensor_context(instance=instance, definitions=defs))

@@ -24,6 +24,19 @@ def generated(name: str) -> Path:
         ("linear_flow_dagster.py", "LinearFlow", "linear_flow.py", ["start", "process", "end"]),
         ("branch_flow_dagster.py", "BranchFlow", "branch_flow.py", ["start", "left", "right", "join", "end"]),
         ("foreach_flow_dagster.py", "ForeachFlow", "foreach_flow.py", ["start", "body", "join", "end"]),
+        (
+            "nested_foreach_flow_dagster.py",
+            "NestedForeachFlow",
+            "nested_foreach_flow.py",
+            ["start", "outer", "middle", "leaf", "join_leaf", "join_middle", "join_outer", "end"],
+        ),
+        (
+            "multi_body_flow_dagster.py",
+            "MultiBodyFlow",
+            "multi_body_flow.py",
+            ["start", "body1", "body2", "join", "end"],
+        ),
+        ("switch_flow_dagster.py", "SwitchFlow", "switch_flow.py", ["start", "high", "low", "merge", "end"]),
     ],
 )
 def test_generated_examples(file_name: str, job_name: str, flow_file: str, steps: list[str]) -> None:
@@ -51,7 +64,7 @@ FLOW_FILE = "/srv/flows/train_flow.py"
 FLOW_NAME = "TrainFlow"
 METAFLOW_TOP_ARGS: List[str] = ["--quiet", "--datastore=s3", "--datastore-root=s3://bucket/mf"]
 METAFLOW_STEP_ENV: Dict[str, str] = {"METAFLOW_USER": "ci"}
-STEP_WITH_DECORATORS: Dict[str, List[str]] = {"start": [], "train": ["kubernetes:cpu=2"], "end": []}
+STEP_WITH_DECORATORS: Dict[str, List[str]] = {"start": [], "train": ["timeout:seconds=60"], "end": []}
 
 
 @op
@@ -91,7 +104,7 @@ def test_hand_written_file(tmp_path: Path) -> None:
         retry_delay_seconds=2.0,
         tags=("a",),
         extra_env={"X": "1"},
-        with_decorators=("kubernetes:cpu=2",),
+        with_decorators=("timeout:seconds=60",),
     )
     assert deployment.step_options("start") == StepOptions()
     # Listed only in STEP_WITH_DECORATORS: defaults.
@@ -155,3 +168,41 @@ def test_bad_files(tmp_path: Path, name: str, content: bytes | None, fragments: 
         assert fragment in message
     # The fix: regenerate the file / point at the generated one.
     assert "dagster create" in message
+
+
+def test_decorated_flow_forwards_retry_tags_and_environment() -> None:
+    # decorated_flow is compiled with `--tag team:auto-resume` (scripts/setup.sh).
+    deployment = read_deployment(generated("decorated_flow_dagster.py"))
+    tag = ("team:auto-resume",)
+    assert deployment.step_options("start") == StepOptions(tags=tag)
+    # @retry(times=1): one user-code retry, and the op's RetryPolicy(max_retries=1).
+    assert deployment.step_options("flaky") == StepOptions(max_user_code_retries=1, tags=tag)
+    # @catch needs nothing on the command line.
+    assert deployment.step_options("guarded") == StepOptions(tags=tag)
+    # @environment(vars=...) arrives as the step's extra environment.
+    assert deployment.step_options("end") == StepOptions(
+        tags=tag, extra_env={"AUTO_RESUME_EXAMPLE_VAR": "from-environment-decorator"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("constant", "spec"),
+    [
+        # --with=kubernetes would run the step remotely: not what a local resume can do.
+        ("STEP_WITH_DECORATORS", "kubernetes:cpu=2"),
+        # @conda swaps the interpreter in its runtime_step_cli hook.
+        ("STEP_DECORATOR_SPECS", "conda:python=3.11"),
+        # @parallel needs the control/worker task machinery of Metaflow's runtime.
+        ("STEP_DECORATOR_SPECS", "parallel"),
+    ],
+)
+def test_launcher_decorators_are_refused(tmp_path: Path, constant: str, spec: str) -> None:
+    path = tmp_path / "train_flow_dagster.py"
+    source = MINIMAL.replace('"timeout:seconds=60"', '"card"')
+    source += f'\n{constant} = {{"train": [{spec!r}]}}\n'
+    path.write_text(source)
+    with pytest.raises(DeploymentError) as info:
+        read_deployment(path)
+    message = str(info.value)
+    assert str(path) in message and "'train'" in message and f"@{spec.split(':')[0]}" in message
+    assert "remove the flow from the policy" in message

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from auto_resume.metaflow_access import FlowShape, OriginTask, StepShape
+from auto_resume.metaflow_access import FlowShape, MetaflowAccessError, OriginTask, StepShape, load_flow_shape
 from auto_resume.resume_plan import TaskInstance, TaskRecord, instances_for, plan_step, task_id_for
 
 PARAMS = "new/_parameters/params"
@@ -65,8 +67,11 @@ def record(
     cloned: bool = True,
     num_splits: int | None = None,
     next_steps: tuple[str, ...] | None = None,
+    widths: tuple[int, ...] | None = None,
 ) -> TaskRecord:
-    return TaskRecord(indices, pathspec, cloned, num_splits, next_steps)
+    # By default every enclosing foreach is 3 wide (what the foreach tests use).
+    widths = (3,) * len(indices) if widths is None else widths
+    return TaskRecord(indices, pathspec, cloned, num_splits, next_steps, widths)
 
 
 def plan(shape: FlowShape, name: str, parents: dict[str, list[TaskRecord]]) -> list[TaskInstance]:
@@ -89,9 +94,9 @@ def test_linear_keeps_indices_and_cloned_flag(cloned: bool) -> None:
 def test_foreach_fans_out_one_task_per_split() -> None:
     parents = {"start": [record("new/start/1", cloned=False, num_splits=3)]}
     assert plan(FOREACH, "body", parents) == [
-        TaskInstance("body", (0,), ("new/start/1",), 0, False),
-        TaskInstance("body", (1,), ("new/start/1",), 1, False),
-        TaskInstance("body", (2,), ("new/start/1",), 2, False),
+        TaskInstance("body", (0,), ("new/start/1",), 0, False, (3,)),
+        TaskInstance("body", (1,), ("new/start/1",), 1, False, (3,)),
+        TaskInstance("body", (2,), ("new/start/1",), 2, False, (3,)),
     ]
 
 
@@ -104,7 +109,14 @@ def test_foreach_join_groups_items_in_split_order(
     # Records arrive in any order; the join reads them in split order.
     body = [record(f"new/body/1-{i}", (i,), body_cloned[i]) for i in (2, 0, 1)]
     assert plan(FOREACH, "join", {"body": body}) == [
-        TaskInstance("join", (), ("new/body/1-0", "new/body/1-1", "new/body/1-2"), None, join_cloned)
+        TaskInstance(
+            "join",
+            (),
+            ("new/body/1-0", "new/body/1-1", "new/body/1-2"),
+            None,
+            join_cloned,
+            is_foreach_join=True,
+        )
     ]
 
 
@@ -142,28 +154,88 @@ def test_nested_foreach_indices() -> None:
     assert [(i.indices, i.split_index) for i in outer] == [((0,), 0), ((1,), 1)]
 
     parents = {
-        "outer": [record("new/outer/1-0", (0,), num_splits=1), record("new/outer/1-1", (1,), num_splits=2)]
+        "outer": [
+            record("new/outer/1-0", (0,), num_splits=1, widths=(2,)),
+            record("new/outer/1-1", (1,), num_splits=2, widths=(2,)),
+        ]
     }
     assert plan(NESTED, "inner", parents) == [
-        TaskInstance("inner", (0, 0), ("new/outer/1-0",), 0, True),
-        TaskInstance("inner", (1, 0), ("new/outer/1-1",), 0, True),
-        TaskInstance("inner", (1, 1), ("new/outer/1-1",), 1, True),
+        TaskInstance("inner", (0, 0), ("new/outer/1-0",), 0, True, (2, 1)),
+        TaskInstance("inner", (1, 0), ("new/outer/1-1",), 0, True, (2, 2)),
+        TaskInstance("inner", (1, 1), ("new/outer/1-1",), 1, True, (2, 2)),
     ]
 
     inner = [
-        record("new/inner/1-1-1", (1, 1), cloned=False),
-        record("new/inner/1-0-0", (0, 0)),
-        record("new/inner/1-1-0", (1, 0)),
+        record("new/inner/1-1-1", (1, 1), cloned=False, widths=(2, 2)),
+        record("new/inner/1-0-0", (0, 0), widths=(2, 1)),
+        record("new/inner/1-1-0", (1, 0), widths=(2, 2)),
     ]
     assert plan(NESTED, "inner_join", {"inner": inner}) == [
-        TaskInstance("inner_join", (0,), ("new/inner/1-0-0",), None, True),
-        TaskInstance("inner_join", (1,), ("new/inner/1-1-0", "new/inner/1-1-1"), None, False),
+        TaskInstance("inner_join", (0,), ("new/inner/1-0-0",), None, True, (2,), True),
+        TaskInstance("inner_join", (1,), ("new/inner/1-1-0", "new/inner/1-1-1"), None, False, (2,), True),
     ]
 
-    joined = [record("new/inner_join/1-1", (1,), cloned=False), record("new/inner_join/1-0", (0,))]
-    assert plan(NESTED, "outer_join", {"inner_join": joined}) == [
-        TaskInstance("outer_join", (), ("new/inner_join/1-0", "new/inner_join/1-1"), None, False)
+    joined = [
+        record("new/inner_join/1-1-join", (1,), cloned=False, widths=(2,)),
+        record("new/inner_join/1-0-join", (0,), widths=(2,)),
     ]
+    assert plan(NESTED, "outer_join", {"inner_join": joined}) == [
+        TaskInstance(
+            "outer_join", (), ("new/inner_join/1-0-join", "new/inner_join/1-1-join"), None, False, (), True
+        )
+    ]
+
+
+# A failed task leaves no record; everything that does not depend on it is still planned, so
+# the new run holds all completed work for the next resume.
+
+
+def test_foreach_join_waits_for_every_item() -> None:
+    body = [record(f"new/body/1-{i}", (i,)) for i in (0, 2)]  # item 1 failed
+    assert plan(FOREACH, "join", {"body": body}) == []
+
+
+def test_nested_join_plans_only_complete_groups() -> None:
+    # Item (1, 1) failed: inner_join (1,) waits; inner_join (0,) is planned (and cloned).
+    inner = [
+        record("new/inner/1-0-0", (0, 0), widths=(2, 2)),
+        record("new/inner/1-0-1", (0, 1), widths=(2, 2)),
+        record("new/inner/1-1-0", (1, 0), widths=(2, 2)),
+    ]
+    assert plan(NESTED, "inner_join", {"inner": inner}) == [
+        TaskInstance("inner_join", (0,), ("new/inner/1-0-0", "new/inner/1-0-1"), None, True, (2,), True)
+    ]
+    # ... and outer_join then lacks inner_join (1,): it waits too.
+    joined = [record("new/inner_join/1-0-join", (0,), widths=(2,))]
+    assert plan(NESTED, "outer_join", {"inner_join": joined}) == []
+
+
+def test_static_join_waits_for_every_branch() -> None:
+    assert plan(BRANCH, "join", {"left": [record("new/left/1")], "right": []}) == []
+
+
+def test_steps_after_a_failed_task_have_no_task() -> None:
+    # process failed: end has no input, so no task (and no KeyError for a missing parent).
+    assert plan(LINEAR, "end", {"process": []}) == []
+    assert plan(LINEAR, "end", {}) == []
+
+
+def test_foreach_body_chain_keeps_widths() -> None:
+    # body1 -> body2 inside one foreach: body2's tasks carry the foreach width to the join.
+    multi = flow(
+        step("start", "foreach", (), ("body1",)),
+        step("body1", "linear", ("start",), ("body2",)),
+        step("body2", "linear", ("body1",), ("join",)),
+        step("join", "join", ("body2",), ("end",), is_foreach_join=True),
+        step("end", "end", ("join",)),
+    )
+    body1 = plan(multi, "body1", {"start": [record("new/start/1", num_splits=2)]})
+    body1_records = [record(f"new/body1/1-{i.indices[0]}", i.indices, widths=i.widths) for i in body1]
+    body2 = plan(multi, "body2", {"body1": body1_records})
+    assert [(i.indices, i.widths, i.split_index) for i in body2] == [((0,), (2,), None), ((1,), (2,), None)]
+    body2_records = [record(f"new/body2/1-{i.indices[0]}", i.indices, widths=i.widths) for i in body2]
+    (join,) = plan(multi, "join", {"body2": body2_records})
+    assert join.input_paths == ("new/body2/1-0", "new/body2/1-1")
 
 
 # --- plan_step -----------------------------------------------------------------------------------
@@ -172,6 +244,12 @@ def test_nested_foreach_indices() -> None:
 @pytest.mark.parametrize(("indices", "task_id"), [((), "1"), ((3,), "1-3"), ((1, 0), "1-1-0")])
 def test_task_id_for(indices: tuple[int, ...], task_id: str) -> None:
     assert task_id_for(indices) == task_id
+
+
+@pytest.mark.parametrize(("indices", "task_id"), [((), "1"), ((3,), "1-3-join"), ((1, 0), "1-1-0-join")])
+def test_task_id_for_foreach_join(indices: tuple[int, ...], task_id: str) -> None:
+    # metaflow-dagster's compound op names a nested join's task after its foreach task + "-join".
+    assert task_id_for(indices, foreach_join=True) == task_id
 
 
 OK = OriginTask("old/train/42", "42", ok=True)
@@ -225,3 +303,76 @@ def test_plan_step_nested_missing_origin_uses_full_index_path() -> None:
     instance = TaskInstance("inner", (1, 0), ("new/outer/1-1",), 0, True)
     (action,) = plan_step([instance], {}, rerun=False)
     assert (action.clone, action.task_id) == (False, "1-1-0")
+
+
+def test_plan_step_nested_join_without_origin_gets_join_suffix() -> None:
+    instance = TaskInstance("inner_join", (1,), ("new/inner/1-1-0",), None, True, (2,), True)
+    (action,) = plan_step([instance], {}, rerun=False)
+    assert (action.clone, action.task_id) == (False, "1-1-join")
+
+
+# --- shapes a resume cannot be planned for: refused when the flow is loaded ------------------
+
+RECURSIVE_FLOW = """\
+from metaflow import FlowSpec, step
+
+
+class LoopFlow(FlowSpec):
+    @step
+    def start(self):
+        self.n = 0
+        self.next(self.loop)
+
+    @step
+    def loop(self):
+        self.n += 1
+        self.done = "yes" if self.n > 2 else "no"
+        self.next({"no": self.loop, "yes": self.end}, condition="done")
+
+    @step
+    def end(self):
+        pass
+"""
+
+PARALLEL_FLOW = """\
+from metaflow import FlowSpec, parallel, step
+
+
+class GangFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.train, num_parallel=2)
+
+    @parallel
+    @step
+    def train(self):
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "flow_name", "fragment"),
+    [
+        # A switch that goes back to itself: Metaflow does not list it as its own in_func.
+        pytest.param(RECURSIVE_FLOW, "LoopFlow", "step 'loop' goes back to loop", id="recursive"),
+        # A gang of @parallel tasks needs Metaflow's control/worker runtime.
+        pytest.param(PARALLEL_FLOW, "GangFlow", "@parallel step", id="parallel"),
+    ],
+)
+def test_unsupported_shapes_are_refused_at_load(
+    tmp_path: Path, source: str, flow_name: str, fragment: str
+) -> None:
+    flow_file = tmp_path / f"{flow_name.lower()}.py"
+    flow_file.write_text(source)
+    with pytest.raises(MetaflowAccessError) as info:
+        load_flow_shape(flow_file, flow_name)
+    assert fragment in str(info.value)
+    assert "remove the flow from the policy" in str(info.value)

@@ -20,3 +20,23 @@ def record_and_maybe_fail(workdir, fail_at, step, index=None):
     if target in fail_at.split(",") and not os.path.exists(marker):
         open(marker, "w").close()
         raise RuntimeError(f"injected failure in {target} (it will succeed when run again)")
+
+
+def record_and_fail_twice(workdir, fail_twice_at, step, index=None):
+    """Like ``record_and_maybe_fail``, but a step named in ``fail_twice_at`` fails on its first
+    TWO runs and succeeds on the third (a resume chain: the first resume fails too)."""
+    if not workdir:
+        return
+    name = step if index is None else f"{step}-{index}"
+    target = step if index is None else f"{step}:{index}"
+    if target not in fail_twice_at.split(","):
+        return
+    marker = os.path.join(workdir, name + ".failures")
+    failures = 0
+    if os.path.exists(marker):
+        with open(marker) as previous:
+            failures = len(previous.read().splitlines())
+    if failures < 2:
+        with open(marker, "a") as out:
+            out.write("failed\n")
+        raise RuntimeError(f"injected failure {failures + 1} of 2 in {target}")

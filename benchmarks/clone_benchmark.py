@@ -1,0 +1,280 @@
+"""What a resume of a wide foreach costs, against the work that must really be redone.
+
+One run, on a fresh local datastore in a temporary directory, prints:
+
+1. the in-process clone cost per task (``MetaflowRun.clone_task`` over the origin's tasks);
+2. the resume of a WIDTH-way ``ForeachFlow`` whose last item failed, by the companion resume job
+   executed in-process (``build_resume_job(...).execute_in_process``, ephemeral instance);
+3. Metaflow's own ``python foreach_flow.py resume`` on the same origin run;
+4. the floor: running just the failed item, the join and end as three step subprocesses;
+
+and the ratios resume / floor (goal: at most 2) and resume / native resume (goal: below 1).
+
+The origin run is built the way metaflow-dagster runs it (``init``, ``start``, one ``step body``
+per item with its task ids, the last item failing), but each task is a fork of this process with
+Metaflow already imported rather than a new interpreter: 1,000 tasks then take seconds, not
+minutes. Metaflow's own runtime (``run``) can be used instead with ``--origin metaflow``.
+Usage::
+
+    METAFLOW_USER=bench .venv/bin/python benchmarks/clone_benchmark.py [--width 1000] [--workers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFINITIONS = ROOT / "examples" / "generated" / "foreach_flow_dagster.py"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--width", type=int, default=1000, help="foreach items (default 1000)")
+    parser.add_argument("--workers", type=int, default=4, help="Metaflow --max-workers for the origin run")
+    parser.add_argument("--profile", action="store_true", help="cProfile the resume job, print the top 25")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="datastore directory printed by an earlier run of the same --width: reuse its origin run",
+    )
+    parser.add_argument(
+        "--origin", choices=("fork", "metaflow"), default="fork", help="how the failed origin run is made"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("METAFLOW_USER", "benchmark")
+    scratch = args.reuse or Path(tempfile.mkdtemp(prefix="auto-resume-bench-"))
+    # An isolated datastore and metadata root: the repository's .metaflow stays untouched.
+    os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(scratch)
+
+    from auto_resume.deployment import read_deployment
+
+    base = read_deployment(DEFINITIONS)
+    top_args = tuple(
+        f"--datastore-root={scratch / '.metaflow'}" if a.startswith("--datastore-root=") else a
+        for a in base.top_args
+    )
+    deployment = dataclasses.replace(
+        base, top_args=top_args, step_env={**base.step_env, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(scratch)}
+    )
+    workdir = scratch / "counters"
+    failed_item = args.width - 1
+    params = [f"--width={args.width}", f"--workdir={workdir}", f"--fail_at=body:{failed_item}"]
+    env = {**os.environ, **deployment.step_env}
+    flow = [sys.executable, str(deployment.flow_file), *deployment.top_args]
+    print(f"ForeachFlow, width {args.width}, item {failed_item} fails once; datastore {scratch}")
+
+    started = time.monotonic()
+    if args.reuse:
+        origin = "benchorigin"
+    elif args.origin == "metaflow":
+        origin = _metaflow(
+            [*flow, "run", f"--max-workers={args.workers}", f"--max-num-splits={args.width + 1}", *params],
+            scratch / "origin-run-id",
+            env,
+            expect_failure=True,
+        )
+    else:
+        origin = _forked_origin(deployment, params, args.width, args.workers)
+    print(f"origin run ({args.origin}, {args.workers} workers): {time.monotonic() - started:.1f}s, {origin}")
+
+    per_task = _clone_cost(deployment, origin)
+    print(f"1. in-process clone: {per_task * 1000:.2f} ms/task over {args.width - 1} tasks")
+
+    resume_s, summary = _resume_job(deployment, origin, args.profile)
+    print(f"2. auto-resume job (in-process): {resume_s:.2f}s")
+    for line in summary:
+        print(f"     {line}")
+
+    started = time.monotonic()
+    _metaflow(
+        [
+            *flow,
+            "resume",
+            f"--origin-run-id={origin}",
+            f"--max-workers={args.workers}",
+            f"--max-num-splits={args.width + 1}",
+        ],
+        scratch / "native-run-id",
+        env,
+        expect_failure=False,
+    )
+    native_s = time.monotonic() - started
+    print(f"3. Metaflow native resume: {native_s:.2f}s")
+
+    floor_s = _floor(deployment, origin, failed_item, args.width)
+    print(f"4. failed item + join + end as step subprocesses: {floor_s:.2f}s")
+    print(f"resume / (failed item + downstream) = {resume_s / floor_s:.2f}  (goal <= 2)")
+    print(f"resume / native resume              = {resume_s / native_s:.2f}  (goal < 1)")
+
+
+def _forked_origin(deployment, params: list[str], width: int, workers: int) -> str:  # type: ignore[no-untyped-def]
+    """A failed origin run, task by task as metaflow-dagster runs it, each task a fork."""
+    import metaflow.cli  # noqa: F401  (imported once, before forking)
+
+    run_id = "benchorigin"
+    top = list(deployment.top_args)
+    values = dict(p[2:].split("=", 1) for p in params)
+    for name, value in values.items():
+        os.environ["METAFLOW_INIT_" + name.upper()] = value
+    _fork_all(deployment, [[*top, "init", f"--run-id={run_id}", "--task-id=params"]], 1)
+    start = [
+        *top,
+        "step",
+        "start",
+        f"--run-id={run_id}",
+        "--task-id=1",
+        f"--input-paths={run_id}/_parameters/params",
+    ]
+    _fork_all(deployment, [start], 1)
+    bodies = [
+        [
+            *top,
+            "step",
+            "body",
+            f"--run-id={run_id}",
+            f"--task-id=1-{i}",
+            f"--input-paths={run_id}/start/1",
+            f"--split-index={i}",
+        ]
+        for i in range(width)
+    ]
+    statuses = _fork_all(deployment, bodies, workers)
+    if statuses[-1] == 0 or any(statuses[:-1]):
+        sys.exit(f"origin run: expected only the last item to fail, got statuses {statuses[-3:]}")
+    return run_id
+
+
+def _fork_all(deployment, commands: list[list[str]], workers: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """Run ``flow.py <args>`` for each argument list in forked children, ``workers`` at a time."""
+    flow_file = str(deployment.flow_file)
+    sys.path.insert(0, str(deployment.flow_file.parent))
+    statuses: dict[int, int] = {}
+    running: dict[int, int] = {}
+    pending = list(enumerate(commands))
+    while pending or running:
+        while pending and len(running) < workers:
+            index, argv = pending.pop(0)
+            pid = os.fork()
+            if pid == 0:  # the child: run the flow's CLI as `python flow.py <argv>` would
+                code = 1
+                try:
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, 1)
+                    os.dup2(devnull, 2) if os.environ.get("BENCH_QUIET", "1") == "1" else None
+                    sys.argv = [flow_file, *argv]
+                    # Into this process's own __main__: Metaflow registers ForeachFrame there
+                    # for pickling, and a fresh module (runpy) would lack it.
+                    main_module = sys.modules["__main__"]
+                    main_module.__dict__["__file__"] = flow_file
+                    source = Path(flow_file).read_text()
+                    exec(compile(source, flow_file, "exec"), main_module.__dict__)
+                    code = 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+                finally:
+                    os._exit(code)
+            running[pid] = index
+        pid, status = os.wait()
+        statuses[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+    return [statuses[i] for i in range(len(commands))]
+
+
+def _metaflow(command: list[str], run_id_file: Path, env: dict[str, str], expect_failure: bool) -> str:
+    result = subprocess.run(
+        [*command, f"--run-id-file={run_id_file}"], env=env, capture_output=True, text=True, check=False
+    )
+    if (result.returncode != 0) != expect_failure:
+        sys.exit(
+            f"unexpected exit status {result.returncode} of {' '.join(command[:6])} ...:\n"
+            + result.stderr[-3000:]
+        )
+    return run_id_file.read_text().strip()
+
+
+def _clone_cost(deployment, origin: str) -> float:  # type: ignore[no-untyped-def]
+    from auto_resume.metaflow_access import MetaflowRun
+
+    access = MetaflowRun(deployment)
+    target = f"clonebench{int(time.time())}"
+    access.register_run(target)
+    tasks = [t for t in access.origin_tasks(origin, "body").values() if t.ok]
+    started = time.monotonic()
+    for task in tasks:
+        access.clone_task(task.pathspec, target, "body", task.task_id)
+    return (time.monotonic() - started) / max(1, len(tasks))
+
+
+def _resume_job(deployment, origin: str, profile: bool) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
+    from dagster import DagsterInstance
+
+    from auto_resume.metaflow_access import load_flow_shape
+    from auto_resume.resume_job import build_resume_job, resume_run_config
+
+    job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
+    instance = DagsterInstance.ephemeral()
+    # Dagster's console logger would print every event of the run; keep the output to figures.
+    config = {
+        **resume_run_config(deployment, origin),
+        "loggers": {"console": {"config": {"log_level": "ERROR"}}},
+    }
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    started = time.monotonic()
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    elapsed = time.monotonic() - started
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    if not result.success:
+        sys.exit("the resume job failed")
+    summary = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("step ")]
+    return elapsed, summary
+
+
+def _floor(deployment, origin: str, failed_item: int, width: int) -> float:  # type: ignore[no-untyped-def]
+    """Run the failed item, the join and end into a scratch run: the work a resume cannot avoid."""
+    from auto_resume.metaflow_access import MetaflowRun
+
+    access = MetaflowRun(deployment)
+    run_id = f"floorbench{int(time.time())}"
+    access.register_run(run_id)
+    bodies = access.origin_tasks(origin, "body")
+    start = next(iter(access.origin_tasks(origin, "start").values())).pathspec
+    body_task = f"1-{failed_item}"
+    steps = [
+        ("body", body_task, [start], failed_item),
+        (
+            "join",
+            "1",
+            [bodies[(i,)].pathspec for i in range(width) if i != failed_item]
+            + [f"{run_id}/body/{body_task}"],
+            None,
+        ),
+        ("end", "1", [f"{run_id}/join/1"], None),
+    ]
+    started = time.monotonic()
+    for step, task_id, inputs, split in steps:
+        command = access.step_command(step, run_id, task_id, inputs, split, retry_count=0)
+        result = access.run_step(command, step)
+        if result.returncode != 0:
+            sys.exit(f"floor step {step} failed:\n{result.stderr[-3000:]}")
+    return time.monotonic() - started
+
+
+if __name__ == "__main__":
+    main()
