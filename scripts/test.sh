@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Chromium (Debian's package) and selenium for the browser test.
+bash scripts/setup_browser.sh
 export METAFLOW_USER=${METAFLOW_USER:-auto-resume}
 exec .venv/bin/python -m pytest "$@"
