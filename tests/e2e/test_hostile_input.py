@@ -1,0 +1,85 @@
+"""Hostile run config for a resume job, typed into the Launchpad (here: `dagster job launch`).
+
+Each value is rejected by the resume job's first op before any Metaflow command runs: the run
+fails with a message naming the value, no step command is logged, nothing is written outside
+the run, and the sensor records a give-up for it instead of freezing.
+"""
+
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterEventType, DagsterRunStatus
+
+from auto_resume import tags
+from auto_resume.metaflow_access import make_run_id
+from tests.e2e.harness import ROOT, Deployment, wait_for_run
+
+pytestmark = pytest.mark.e2e
+
+PWNED = Path("/tmp/auto-resume-pwned")
+
+# (value, a fragment the failure message must contain)
+HOSTILE = {
+    "option": ("--help", "is not a Metaflow run id"),
+    "path": ("../x", "is not a Metaflow run id"),
+    "shell": (f"$(touch {PWNED})", "is not a Metaflow run id"),
+    "huge": ("a" * 100_000, "is not a Metaflow run id"),
+    "unknown run": ("dagster-000000000000", "no finished _parameters task"),
+    # Well formed, but no run of this flow has it.
+    "integer id": ("1", "no finished _parameters task"),
+}
+
+
+def _failure_message(deployment: Deployment, run_id: str) -> str:
+    instance = deployment.instance()
+    messages = []
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
+        event = record.event_log_entry.dagster_event
+        assert event is not None
+        data = event.step_failure_data
+        if data.user_failure_data and data.user_failure_data.description:
+            messages.append(data.user_failure_data.description)
+        messages.append(data.error.message if data.error else "")
+    return "\n".join(messages)
+
+
+def _logged_commands(deployment: Deployment, run_id: str) -> list[str]:
+    instance = deployment.instance()
+    return [
+        entry.user_message
+        for entry in instance.all_logs(run_id)
+        if (entry.user_message or "").startswith("$ ")
+    ]
+
+
+def test_hostile_origin_run_ids_are_rejected_before_any_command(deployment: Deployment) -> None:
+    PWNED.unlink(missing_ok=True)
+    launched = {
+        name: deployment.launch_resume("auto_resume", "LinearFlow_resume", {"origin_run_id": value})
+        for name, (value, _) in HOSTILE.items()
+    }
+    instance = deployment.instance()
+    for name, run_id in launched.items():
+        run = wait_for_run(instance, run_id)
+        assert run.status == DagsterRunStatus.FAILURE, name
+        message = _failure_message(deployment, run_id)
+        assert HOSTILE[name][1] in message, f"{name}: {message[:500]}"
+        assert len(message) < 5000, f"{name}: the message repeats the whole value"
+        assert _logged_commands(deployment, run_id) == [], name
+    assert not PWNED.exists()
+    # None of these runs started a Metaflow run (the resume job's would be make_run_id(run id)).
+    datastore = ROOT / ".metaflow" / "LinearFlow"
+    for run_id in launched.values():
+        assert not (datastore / make_run_id(run_id)).exists()
+    # The sensor sees these failed resume runs, gives up on each (no Metaflow run started) and
+    # goes on: it is not frozen.
+    deadline = time.monotonic() + 60
+    pending = set(launched.values())
+    while pending and time.monotonic() < deadline:
+        for run_id in list(pending):
+            run = instance.get_run_by_id(run_id)
+            if run is not None and tags.GAVE_UP in run.tags:
+                pending.discard(run_id)
+        time.sleep(1)
+    assert not pending, f"no give-up recorded for {sorted(pending)}\n{deployment.diagnostics()}"
