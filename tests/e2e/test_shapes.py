@@ -10,11 +10,9 @@ flows' user code show what ran again.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,25 +86,7 @@ def launch_resume(deployment: Deployment, job: str, origin_run_id: str, from_ste
     config: dict[str, Any] = {"origin_run_id": origin_run_id}
     if from_step:
         config["from_step"] = from_step
-    run_id = str(uuid.uuid4())
-    command = [
-        str(ROOT / ".venv" / "bin" / "dagster"),
-        "job",
-        "launch",
-        "-w",
-        "workspace.yaml",
-        "-l",
-        "auto_resume",
-        "-j",
-        f"{job}_resume",
-        "--run-id",
-        run_id,
-        "--config-json",
-        json.dumps({"ops": {f"{job}_resume__origin": {"config": config}}}),
-    ]
-    result = subprocess.run(command, cwd=ROOT, env=deployment.env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_id
+    return deployment.launch_resume("auto_resume", f"{job}_resume", config)
 
 
 def run_with_metaflow(
