@@ -430,7 +430,7 @@ def salvage_policy(path: Path) -> Policy:
 
     Returns:
         A policy holding the flow entries whose definitions files exist and, if that part is
-        valid, the ``sensor`` section; nothing else.
+        valid, the sensor's interval, with the sensor running by default; nothing else.
     """
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -448,6 +448,10 @@ def salvage_policy(path: Path) -> Policy:
         sensor = SensorSettings.model_validate(data.get("sensor") or {})
     except ValidationError:
         sensor = SensorSettings()
+    # Running, whatever the file says: a running sensor on an invalid policy only fails its
+    # ticks with the message (it launches nothing), while a default flipped to stopped would
+    # silence the error. A stop set in the UI still wins.
+    sensor = sensor.model_copy(update={"default_status": "running"})
     return Policy.model_validate(
         {"version": 1, "sensor": sensor.model_dump(), "flows": flows},
         context={"policy_dir": policy_dir},

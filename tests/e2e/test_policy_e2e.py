@@ -193,7 +193,7 @@ def test_broken_policy_then_fixed_loses_nothing(separate: SeparateDeployment) ->
     write_policy(separate.deployment.policy_file, extra="  mode: observe\n")
     _wait_for(
         lambda: all(_tag(instance, r, tags.OBSERVED) for r in run_ids),
-        120,
+        240,  # the fixed policy is read on the next tick; a workspace reload may come first
         "failures from the broken period were not handled after the fix",
         separate.deployment,
     )
