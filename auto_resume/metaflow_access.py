@@ -34,6 +34,8 @@ _TAIL = 3000
 _METADATA_LOCK = threading.Lock()
 # Origin steps whose datastores are kept for cloning (a resume clones one step at a time).
 _ORIGIN_SETS_KEPT = 2
+# Metadata a clone writes for itself, never copied from its origin task.
+_OWN_FIELDS = frozenset({"attempt", "attempt_ok", "attempt-done", "origin-run-id", "origin-task-id"})
 
 
 class MetaflowAccessError(Exception):
@@ -304,6 +306,8 @@ class MetaflowRun:
         # every origin task a second time; and the steps whose record already exists.
         self._origin_sets: dict[tuple[str, str], Any] = {}
         self._steps_registered: set[tuple[str, str]] = set()
+        # System metadata copied into clones of tasks without a record, per origin step.
+        self._origin_metadata: dict[tuple[str, str], list[Any]] = {}
 
     def _apply_step_env(self) -> None:
         # The definitions file's METAFLOW_STEP_ENV (e.g. the local datastore sysroot) must hold
@@ -366,12 +370,19 @@ class MetaflowRun:
                 self.metadata.register_task_id(run_id, step_name, task_id)
 
     def clone_task(self, origin_pathspec: str, run_id: str, step_name: str, task_id: str) -> None:
-        """Copy a finished task into ``run_id`` without running its code.
+        """Copy a finished task into ``run_id`` without running its code; the origin is only read.
 
         What ``metaflow.clone_util.clone_task_helper`` does (artifact index, ``origin-run-id`` /
         ``origin-task-id`` / ``attempt`` / ``attempt_ok`` metadata, DONE marker) minus the
-        system metadata it registers again for every task (user, runtime, versions: the origin
-        task has them), which is half of the files a clone writes on the local provider.
+        system metadata it registers again for every task (user, runtime, versions: the client
+        reads them through ``origin-task-id`` from the origin task), which is half of the files
+        a clone writes on the local provider.
+
+        metaflow-dagster's runs have no task records in the local metadata (its task id ``1`` is
+        an integer, which the local provider does not record), and the client cannot follow
+        ``origin-task-id`` to a task without a record. Such a clone gets a copy of the origin
+        task's system metadata instead, and names its origin in ``auto-resume-origin-pathspec``;
+        nothing is written into the origin run.
         """
         from metaflow.metadata_provider.metadata import MetaDatum
 
@@ -385,23 +396,60 @@ class MetaflowRun:
         output.clone(origin)
         tags = ["attempt_id:0"]
         with _METADATA_LOCK:
-            if origin_task_id.isdigit():
-                # The client reads a clone's metadata through its origin task; metaflow-dagster's
-                # runs (task id 1) have no task record, so add it (records only, no data).
-                self._ensure_records(origin_run_id, step_name, origin_task_id)
+            copied = self._origin_system_metadata(origin_run_id, step_name, origin_task_id)
+            if copied is None:
+                link = [
+                    MetaDatum(field="origin-task-id", value=origin_task_id, type="origin-task-id", tags=tags)
+                ]
+            else:
+                link = [
+                    *copied,
+                    MetaDatum(
+                        field="auto-resume-origin-pathspec",
+                        value=f"{self.deployment.flow_name}/{origin_pathspec}",
+                        type="auto-resume-origin-pathspec",
+                        tags=tags,
+                    ),
+                ]
             self._ensure_records(run_id, step_name, task_id)
             self.metadata.register_metadata(
                 run_id,
                 step_name,
                 task_id,
                 [
-                    MetaDatum(field="origin-task-id", value=origin_task_id, type="origin-task-id", tags=tags),
+                    *link,
                     MetaDatum(field="origin-run-id", value=origin_run_id, type="origin-run-id", tags=tags),
                     MetaDatum(field="attempt", value="0", type="attempt", tags=tags),
                     MetaDatum(field="attempt_ok", value="True", type="internal_attempt_status", tags=tags),
                 ],
             )
             output.done()
+
+    def _origin_system_metadata(self, run_id: str, step_name: str, task_id: str) -> list[Any] | None:
+        """None if the origin task has a record the client can follow; else what to copy from it.
+
+        The copy (user, versions, ``ds-type``, ``ds-root``...: the same for every task of a
+        step) is read once per step; attempt fields and origin links are the clone's own.
+        """
+        from metaflow.metadata_provider.metadata import MetaDatum
+
+        provider = type(self.metadata)
+        flow_name = self.deployment.flow_name
+        if getattr(self.metadata, "_ensure_meta", None) is None:
+            return None  # a provider that records every task id (the metadata service)
+        if provider.get_object("task", "self", {}, None, flow_name, run_id, step_name, task_id):
+            return None
+        key = (run_id, step_name)
+        cached = self._origin_metadata.get(key)
+        if cached is None:
+            found = provider.get_object("task", "metadata", None, None, flow_name, run_id, step_name, task_id)
+            cached = [
+                MetaDatum(field=m["field_name"], value=m["value"], type=m["type"], tags=["attempt_id:0"])
+                for m in found or []
+                if m.get("field_name") not in _OWN_FIELDS
+            ]
+            self._origin_metadata[key] = cached
+        return cached
 
     def _ensure_records(self, run_id: str, step_name: str, task_id: str) -> None:
         # The step and task records the client lists (the local provider's register_task_id

@@ -1,5 +1,19 @@
 """Fixtures of the end-to-end tests (defined in harness.py)."""
 
+from collections.abc import Iterator
+
+import pytest
+
 from tests.e2e.harness import database, deployment
 
 __all__ = ["database", "deployment"]
+
+
+@pytest.fixture(autouse=True)
+def origins_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the session's deployment: every finished resume left its origin as it was."""
+    yield
+    if "deployment" in request.fixturenames:
+        watch = request.getfixturevalue("deployment").origins
+        if watch is not None:
+            watch.check()

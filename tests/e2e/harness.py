@@ -5,15 +5,17 @@ A fresh PostgreSQL database, a ``DAGSTER_HOME`` holding this repo's ``dagster.ya
 deploys it. Only the policy differs from the repo's: it ticks every 5 s and starts running.
 """
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,9 @@ EXAMPLES = (
 )
 
 
+ORIGIN_WATCH_BACKOFF = "  backoff:\n    initial_seconds: 4\n"
+
+
 @dataclass(frozen=True)
 class Deployment:
     """The running deployment: where it keeps things and how to reach it."""
@@ -46,6 +51,8 @@ class Deployment:
     env: dict[str, str]
     policy_file: Path
     log_file: Path
+    # Checksums of the Metaflow runs its resumes start from (None: not watched).
+    origins: "OriginWatch | None" = None
 
     def instance(self) -> DagsterInstance:
         os.environ["DAGSTER_HOME"] = str(self.home)
@@ -76,6 +83,8 @@ class Deployment:
 
     def launch_resume(self, location: str, job: str, config: dict[str, object]) -> str:
         """Submit a run of a resume ``job`` with ``config`` for its origin op, as typed by hand."""
+        if self.origins is not None and isinstance(config.get("origin_run_id"), str):
+            self.origins.snapshot(job.removesuffix("_resume"), str(config["origin_run_id"]))
         return self.launch_with(location, job, {"ops": {f"{job}__origin": {"config": config}}})
 
     def launch_with(self, location: str, job: str, run_config: dict[str, object]) -> str:
@@ -99,6 +108,119 @@ class Deployment:
         result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         return run_id
+
+
+def origin_checksums(flow_name: str, run_id: str, datastore: Path | None = None) -> dict[str, str]:
+    """sha256 of every file of a Metaflow run on the local datastore, and of every blob it names.
+
+    The run's directory (task data indexes, attempt markers, its local metadata) plus the
+    content-addressed blobs its tasks' ``*.data.json`` indexes point at, under ``data/``.
+    """
+    root = (datastore or ROOT / ".metaflow") / flow_name
+    run_dir = root / run_id
+    sums: dict[str, str] = {}
+    blobs: set[str] = set()
+    for path in sorted(run_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        content = path.read_bytes()
+        sums[str(path.relative_to(root))] = hashlib.sha256(content).hexdigest()
+        if path.name.endswith(".data.json"):
+            blobs.update(json.loads(content).get("objects", {}).values())
+    for key in sorted(blobs):
+        blob = root / "data" / key[:2] / key
+        sums[f"data/{key[:2]}/{key}"] = (
+            hashlib.sha256(blob.read_bytes()).hexdigest() if blob.is_file() else "-"
+        )
+    return sums
+
+
+class OriginWatch:
+    """Proof that no resume writes to the Metaflow run it starts from.
+
+    A thread polls the instance for failed runs and takes the checksums of each one's Metaflow
+    run as soon as it has failed (the session's policy delays resumes by a few seconds, so this
+    comes before the resume); ``Deployment.launch_resume`` takes them for origins named by hand.
+    ``check`` then compares, for every finished resume run, its origin's files with those
+    checksums, and fails if one changed or if the checksums were taken after the resume began.
+    """
+
+    def __init__(self, deployment: "Deployment") -> None:
+        self._deployment = deployment
+        self._lock = threading.Lock()
+        self._snapshots: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._seen_failures: set[str] = set()
+        self._checked: set[str] = set()
+        self.verified = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="origin-watch", daemon=True)
+
+    def start(self) -> "OriginWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def snapshot(self, flow_name: str, run_id: str) -> None:
+        """Take the checksums of ``flow_name/run_id`` now, unless taken already."""
+        key = (flow_name, run_id)
+        with self._lock:
+            if key in self._snapshots or not (ROOT / ".metaflow" / flow_name / run_id).is_dir():
+                return
+        taken_at = time.time()
+        sums = origin_checksums(flow_name, run_id)
+        with self._lock:
+            self._snapshots.setdefault(key, (taken_at, sums))
+
+    def _poll(self) -> None:
+        from auto_resume.run_facts import metaflow_run_id
+
+        instance = self._deployment.instance()
+        while not self._stop.wait(0.25):
+            try:
+                failed = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]), limit=50)
+                for run in failed:
+                    if run.run_id in self._seen_failures:
+                        continue
+                    self._seen_failures.add(run.run_id)
+                    origin = metaflow_run_id(instance, run.run_id)
+                    if origin:
+                        self.snapshot(run.job_name.removesuffix("_resume"), origin)
+            except Exception:  # a database blip: poll again
+                logging.getLogger(__name__).exception("origin watch")
+
+    def check(self) -> None:
+        """Assert that the origin of every finished resume run is byte-identical to before."""
+        instance = self._deployment.instance()
+        problems = []
+        for run in instance.get_runs(RunsFilter(statuses=list(FINISHED))):
+            if not run.job_name.endswith("_resume") or run.run_id in self._checked:
+                continue
+            self._checked.add(run.run_id)
+            ops = (run.run_config or {}).get("ops", {})
+            origin = ops.get(f"{run.job_name}__origin", {}).get("config", {}).get("origin_run_id")
+            key = (run.job_name.removesuffix("_resume"), str(origin))
+            with self._lock:
+                snapshot = self._snapshots.get(key)
+            if snapshot is None:
+                continue  # not a Metaflow run on this datastore (a made-up failure, a hostile id)
+            taken_at, before = snapshot
+            record = instance.get_run_record_by_id(run.run_id)
+            assert record is not None
+            if taken_at >= record.create_timestamp.timestamp():
+                problems.append(f"{key}: checksums taken after resume {run.run_id} was created")
+                continue
+            after = origin_checksums(*key)
+            if after != before:
+                changed = sorted(
+                    name for name in set(before) | set(after) if before.get(name) != after.get(name)
+                )
+                problems.append(f"resume {run.run_id} changed its origin {key}: {changed[:10]}")
+            else:
+                self.verified += 1
+        assert not problems, "\n".join(problems)
 
 
 def _server_url() -> str:
@@ -146,7 +268,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     policy_file = base / "policy.yaml"
-    write_policy(policy_file)
+    # Resumes wait a few seconds after a failure: OriginWatch takes the origin's checksums first.
+    write_policy(policy_file, extra=ORIGIN_WATCH_BACKOFF)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -166,10 +289,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
             start_new_session=True,
         )
     running = Deployment(home=home, env=env, policy_file=policy_file, log_file=log_file)
+    watch = OriginWatch(running)
+    running = replace(running, origins=watch)
     try:
         _wait_for_first_tick(running, daemon)
+        watch.start()
         yield running
+        watch.stop()
+        watch.check()
+        print(f"\norigin watch: {watch.verified} resume run(s) left their origin byte-identical")
     finally:
+        watch.stop()
         daemon.terminate()
         try:
             daemon.wait(timeout=30)
