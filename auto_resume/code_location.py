@@ -1,14 +1,49 @@
-"""Builds the auto-resume code location from a policy: one resume job per flow, one sensor."""
+"""Builds the auto-resume code location from a policy: one resume job per flow, one sensor.
 
+A ``flow_file:`` entry also gets its flow's own job here (``auto_resume.flow_job``).
+"""
+
+from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import Definitions
+from dagster import Definitions, JobDefinition
 
 from auto_resume.deployment import Deployment, DeploymentError, read_deployment
-from auto_resume.metaflow_access import MetaflowAccessError, load_flow_shape
-from auto_resume.policy import PolicyError, default_policy_path, load_policy, salvage_policy
+from auto_resume.flow_job import build_flow_job, flow_file_deployment
+from auto_resume.metaflow_access import (
+    FlowFile,
+    FlowShape,
+    MetaflowAccessError,
+    load_flow_file,
+    load_flow_shape,
+)
+from auto_resume.policy import FlowEntry, PolicyError, default_policy_path, load_policy, salvage_policy
 from auto_resume.resume_job import build_resume_job
 from auto_resume.sensor import build_auto_resume_sensor
+
+
+@dataclass(frozen=True)
+class LoadedFlow:
+    """A policy entry's flow: how it is deployed, its graph, and its flow file if we run it."""
+
+    deployment: Deployment
+    shape: FlowShape
+    flow_file: FlowFile | None  # set for `flow_file:` entries: auto-resume builds the flow's job
+
+
+def load_flow(entry: FlowEntry) -> LoadedFlow:
+    """Read the flow a policy entry names.
+
+    Raises:
+        DeploymentError: The definitions file is not a usable metaflow-dagster file.
+        MetaflowAccessError: The flow cannot be imported or has an unsupported shape.
+    """
+    if entry.flow_file is not None:
+        flow = load_flow_file(entry.flow_file, entry.flow_class)
+        return LoadedFlow(flow_file_deployment(flow, entry.job_name), flow.shape, flow)
+    assert entry.definitions_file is not None
+    deployment = read_deployment(entry.definitions_file)
+    return LoadedFlow(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name), None)
 
 
 def build_definitions(policy_path: Path | None = None, strict: bool = True) -> Definitions:
@@ -31,31 +66,33 @@ def build_definitions(policy_path: Path | None = None, strict: bool = True) -> D
             raise
         policy = salvage_policy(path)
     deployments: list[Deployment] = []
-    jobs = []
+    jobs: list[JobDefinition] = []
+    flow_jobs: list[JobDefinition] = []
     for index, entry in enumerate(policy.flows):
         try:
-            deployment = read_deployment(entry.definitions_file)
-            shape = load_flow_shape(deployment.flow_file, deployment.flow_name)
+            loaded = load_flow(entry)
         except (DeploymentError, MetaflowAccessError) as exc:
             raise PolicyError(
-                f"invalid auto-resume policy {path}: flows[{index}].definitions_file: {exc}", path=path
+                f"invalid auto-resume policy {path}: flows[{index}].{entry.source_field}: {exc}", path=path
             ) from exc
-        deployments.append(deployment)
-        jobs.append(build_resume_job(deployment, shape))
-    _check_unique_jobs(path, deployments)
+        deployments.append(loaded.deployment)
+        jobs.append(build_resume_job(loaded.deployment, loaded.shape))
+        if loaded.flow_file is not None:
+            flow_jobs.append(build_flow_job(loaded.deployment, loaded.flow_file))
+    _check_unique_jobs(path, deployments, [entry.source_field for entry in policy.flows])
     sensor = build_auto_resume_sensor(deployments, jobs, policy, path)
-    return Definitions(jobs=jobs, sensors=[sensor])
+    return Definitions(jobs=[*flow_jobs, *jobs], sensors=[sensor])
 
 
-def _check_unique_jobs(path: Path, deployments: list[Deployment]) -> None:
+def _check_unique_jobs(path: Path, deployments: list[Deployment], fields: list[str]) -> None:
     seen: dict[str, Path] = {}
     for index, deployment in enumerate(deployments):
         other = seen.setdefault(deployment.job_name, deployment.definitions_file)
         if other != deployment.definitions_file:
             raise PolicyError(
-                f"invalid auto-resume policy {path}: flows[{index}].definitions_file: "
+                f"invalid auto-resume policy {path}: flows[{index}].{fields[index]}: "
                 f"{deployment.definitions_file} defines job {deployment.job_name!r}, like {other}; "
-                "resume jobs are named after the job, so list one of them, or regenerate one with "
-                "`dagster create --job-name <other name>`",
+                "resume jobs are named after the job, so list one of them, or rename one (`job_name:` "
+                "for a flow_file entry, `dagster create --job-name <other name>` for a definitions file)",
                 path=path,
             )

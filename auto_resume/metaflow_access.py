@@ -5,6 +5,7 @@ Nothing else in the package imports Metaflow or builds a Metaflow command line.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import json
@@ -19,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from auto_resume.deployment import Deployment
+from auto_resume.deployment import UNSUPPORTED_STEP_DECORATORS, Deployment
 
 # Metaflow run ids that auto-resume accepts as an origin: what Metaflow itself generates
 # (integers) and what metaflow-dagster generates (dagster-<hex>). Anything else, in particular
@@ -34,6 +35,8 @@ _TAIL = 3000
 _METADATA_LOCK = threading.Lock()
 # Origin steps whose datastores are kept for cloning (a resume clones one step at a time).
 _ORIGIN_SETS_KEPT = 2
+# Fewest clones worth a process of their own (a fork costs a few milliseconds).
+_CLONES_PER_PROCESS_MIN = 32
 # Metadata a clone writes for itself, never copied from its origin task.
 _OWN_FIELDS = frozenset({"attempt", "attempt_ok", "attempt-done", "origin-run-id", "origin-task-id"})
 
@@ -168,14 +171,7 @@ def run_id_from_command_line(line: str) -> str | None:
 
 
 @lru_cache(maxsize=64)
-def load_flow_shape(flow_file: Path, flow_name: str) -> FlowShape:
-    """Import a flow file and return its graph.
-
-    Raises:
-        MetaflowAccessError: The file cannot be imported or has no such flow class.
-    """
-    from metaflow.graph import FlowGraph
-
+def _import_flow_module(flow_file: Path) -> Any:
     module_name = "auto_resume_flow_" + hashlib.sha1(str(flow_file).encode()).hexdigest()[:10]
     spec = importlib.util.spec_from_file_location(module_name, flow_file)
     if spec is None or spec.loader is None:
@@ -191,9 +187,49 @@ def load_flow_shape(flow_file: Path, flow_name: str) -> FlowShape:
         ) from exc
     finally:
         sys.path.remove(str(flow_file.parent))
-    flow_class = getattr(module, flow_name, None)
-    if flow_class is None:
-        raise MetaflowAccessError(f"flow file {flow_file} has no flow class {flow_name}")
+    return module
+
+
+def _flow_class(flow_file: Path, flow_name: str | None) -> Any:
+    """The flow class ``flow_name`` of ``flow_file``; the only one defined there when None."""
+    from metaflow.flowspec import FlowSpec
+
+    module = _import_flow_module(flow_file)
+    if flow_name is not None:
+        flow_class = getattr(module, flow_name, None)
+        if flow_class is None:
+            raise MetaflowAccessError(f"flow file {flow_file} has no flow class {flow_name}")
+        return flow_class
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, FlowSpec)
+        and value is not FlowSpec
+        and value.__module__ == module.__name__
+    ]
+    if len(found) != 1:
+        names = ", ".join(sorted(c.__name__ for c in found)) or "none"
+        raise MetaflowAccessError(
+            f"flow file {flow_file} defines {len(found)} flow classes ({names}); name the one to "
+            "run with `flow_class:` in its policy entry"
+        )
+    return found[0]
+
+
+def load_flow_shape(flow_file: Path, flow_name: str) -> FlowShape:
+    """Import a flow file and return its graph.
+
+    Raises:
+        MetaflowAccessError: The file cannot be imported or has no such flow class.
+    """
+    return _flow_shape(_flow_class(flow_file, flow_name), flow_file)
+
+
+def _flow_shape(flow_class: Any, flow_file: Path) -> FlowShape:
+    from metaflow.graph import FlowGraph
+
+    flow_name = flow_class.__name__
     graph = FlowGraph(flow_class)
     steps = []
     for node in graph.sorted_nodes:
@@ -242,6 +278,84 @@ def _topological(steps: list[StepShape]) -> tuple[StepShape, ...]:
                 "supported by metaflow-dagster or auto-resume; remove the flow from the policy"
             )
     return tuple(ordered)
+
+
+@dataclass(frozen=True)
+class FlowFile:
+    """A flow file that auto-resume runs itself: its graph, parameters and step decorators."""
+
+    flow_file: Path
+    shape: FlowShape
+    parameters: tuple[str, ...]
+    # Per step: user-code retries and the delay between them (@retry), @environment variables.
+    retries: dict[str, tuple[int, float]]
+    environment: dict[str, dict[str, str]]
+    top_args: tuple[str, ...]
+    step_env: dict[str, str]
+
+
+def load_flow_file(flow_file: Path, flow_name: str | None = None) -> FlowFile:
+    """Import a flow file and read what running it takes, as metaflow-dagster would compile it.
+
+    The Metaflow arguments are those of this process's Metaflow configuration (datastore,
+    metadata provider, environment), with the datastore root resolved now, as
+    ``dagster create`` resolves it when it writes a definitions file.
+
+    Raises:
+        MetaflowAccessError: The file cannot be imported, names no single flow, or uses a step
+            decorator that changes how a step is launched.
+    """
+    from metaflow import metaflow_config
+    from metaflow.plugins import DATASTORES
+
+    flow_class = _flow_class(flow_file, flow_name)
+    shape = _flow_shape(flow_class, flow_file)
+    parameters = tuple(name for name, _ in flow_class._get_parameters())
+    retries: dict[str, tuple[int, float]] = {}
+    environment: dict[str, dict[str, str]] = {}
+    for step in shape.steps:
+        function = getattr(flow_class, step.name)
+        for decorator in getattr(function, "decorators", []):
+            name = getattr(decorator, "name", "")
+            if name in UNSUPPORTED_STEP_DECORATORS:
+                raise MetaflowAccessError(
+                    f"flow {shape.name} in {flow_file}: step {step.name!r} uses @{name}, which "
+                    "changes how the step is launched; auto-resume runs steps as local "
+                    "subprocesses only: remove the flow from the policy"
+                )
+            attributes = getattr(decorator, "attributes", {}) or {}
+            if name == "retry":
+                delay = float(attributes.get("minutes_between_retries") or 0) * 60
+                retries[step.name] = (int(attributes.get("times") or 0), delay)
+            elif name == "environment":
+                environment[step.name] = {str(k): str(v) for k, v in (attributes.get("vars") or {}).items()}
+    datastore = metaflow_config.DEFAULT_DATASTORE
+    storage = next((d for d in DATASTORES if datastore == d.TYPE), None)
+    if storage is None:
+        raise MetaflowAccessError(f"Metaflow's default datastore {datastore!r} is not available")
+    root = storage.get_datastore_root_from_config(lambda *args, **kwargs: None)
+    top_args = (
+        "--quiet",
+        "--no-pylint",
+        f"--metadata={metaflow_config.DEFAULT_METADATA}",
+        f"--environment={metaflow_config.DEFAULT_ENVIRONMENT}",
+        f"--datastore={datastore}",
+        *((f"--datastore-root={root}",) if root else ()),
+        "--event-logger=nullSidecarLogger",
+        "--monitor=nullSidecarMonitor",
+    )
+    step_env = {}
+    if datastore == "local" and root:
+        step_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(Path(root).parent)
+    return FlowFile(
+        flow_file=flow_file.resolve(),
+        shape=shape,
+        parameters=parameters,
+        retries=retries,
+        environment=environment,
+        top_args=top_args,
+        step_env=step_env,
+    )
 
 
 def _fast_local_provider(provider_class: Any) -> Any:
@@ -293,6 +407,11 @@ class MetaflowRun:
         )
         if storage_impl.TYPE == "local":
             storage_impl.datastore_root = root
+        elif provider_class.TYPE == "local":
+            # A remote datastore (s3, ...) with local metadata: Metaflow read the local sysroot
+            # when first imported, maybe before _apply_step_env or for another deployment.
+            local_storage = provider_class._get_storage_class()
+            local_storage.datastore_root = self._local_metadata_root(local_storage.DATASTORE_DIR)
 
         class _Flow:
             name = deployment.flow_name
@@ -308,6 +427,23 @@ class MetaflowRun:
         self._steps_registered: set[tuple[str, str]] = set()
         # System metadata copied into clones of tasks without a record, per origin step.
         self._origin_metadata: dict[tuple[str, str], list[Any]] = {}
+
+    def _local_metadata_root(self, datastore_dir: str) -> str:
+        """Where the steps' local metadata provider writes: ``<sysroot>/.metaflow``.
+
+        The sysroot is METAFLOW_DATASTORE_SYSROOT_LOCAL of the step environment; without it a
+        step (working directory: the flow's) uses the nearest ``.metaflow`` above, else its own.
+        """
+        sysroot = self.deployment.step_env.get("METAFLOW_DATASTORE_SYSROOT_LOCAL") or os.environ.get(
+            "METAFLOW_DATASTORE_SYSROOT_LOCAL"
+        )
+        if sysroot:
+            return os.path.join(sysroot, datastore_dir)
+        flow_dir = Path(os.path.realpath(self.deployment.flow_file.parent))
+        for directory in (flow_dir, *flow_dir.parents):
+            if (directory / datastore_dir).is_dir():
+                return str(directory / datastore_dir)
+        return str(flow_dir / datastore_dir)
 
     def _apply_step_env(self) -> None:
         # The definitions file's METAFLOW_STEP_ENV (e.g. the local datastore sysroot) must hold
@@ -395,35 +531,113 @@ class MetaflowRun:
         output.init_task()
         output.clone(origin)
         tags = ["attempt_id:0"]
+        # The files a clone writes are its own (one directory per task): only the step record
+        # shared by all tasks and the cache of origin metadata are guarded, so that clones run
+        # side by side in threads.
         with _METADATA_LOCK:
             copied = self._origin_system_metadata(origin_run_id, step_name, origin_task_id)
-            if copied is None:
-                link = [
-                    MetaDatum(field="origin-task-id", value=origin_task_id, type="origin-task-id", tags=tags)
-                ]
-            else:
-                link = [
-                    *copied,
-                    MetaDatum(
-                        field="auto-resume-origin-pathspec",
-                        value=f"{self.deployment.flow_name}/{origin_pathspec}",
-                        type="auto-resume-origin-pathspec",
-                        tags=tags,
-                    ),
-                ]
-            self._ensure_records(run_id, step_name, task_id)
-            self.metadata.register_metadata(
-                run_id,
-                step_name,
-                task_id,
-                [
-                    *link,
-                    MetaDatum(field="origin-run-id", value=origin_run_id, type="origin-run-id", tags=tags),
-                    MetaDatum(field="attempt", value="0", type="attempt", tags=tags),
-                    MetaDatum(field="attempt_ok", value="True", type="internal_attempt_status", tags=tags),
-                ],
-            )
-            output.done()
+            self._ensure_step_record(run_id, step_name)
+        if copied is None:
+            link = [MetaDatum(field="origin-task-id", value=origin_task_id, type="origin-task-id", tags=tags)]
+        else:
+            link = [
+                *copied,
+                MetaDatum(
+                    field="auto-resume-origin-pathspec",
+                    value=f"{self.deployment.flow_name}/{origin_pathspec}",
+                    type="auto-resume-origin-pathspec",
+                    tags=tags,
+                ),
+            ]
+        self._ensure_task_record(run_id, step_name, task_id)
+        self.metadata.register_metadata(
+            run_id,
+            step_name,
+            task_id,
+            [
+                *link,
+                MetaDatum(field="origin-run-id", value=origin_run_id, type="origin-run-id", tags=tags),
+                MetaDatum(field="attempt", value="0", type="attempt", tags=tags),
+                MetaDatum(field="attempt_ok", value="True", type="internal_attempt_status", tags=tags),
+            ],
+        )
+        output.done()
+
+    def clone_tasks(
+        self, clones: Sequence[tuple[str, str]], run_id: str, step_name: str, processes: int
+    ) -> dict[str, str]:
+        """Clone many tasks of one step: ``(origin pathspec, new task id)`` pairs.
+
+        A clone is a few milliseconds of small file writes and Python around them, bound by the
+        GIL: on a wide step, ``processes`` forked children (Linux) clone a share each, which
+        scales with the cores. A child only writes the files of its own tasks and leaves with
+        ``os._exit``; it touches nothing else of this process (no Dagster, no database).
+
+        Returns:
+            An error message for each task id that could not be cloned (empty when all were).
+        """
+        errors: dict[str, str] = {}
+        if not clones:
+            return errors
+        with _METADATA_LOCK:  # shared by every task: made once, before the children start
+            self._ensure_step_record(run_id, step_name)
+            for origin_pathspec, _ in clones[:1]:
+                origin_run_id, _, origin_task_id = origin_pathspec.split("/")
+                self._origin_system_metadata(origin_run_id, step_name, origin_task_id)
+        processes = max(1, min(processes, len(clones) // _CLONES_PER_PROCESS_MIN))
+        if processes == 1 or not hasattr(os, "fork"):
+            for origin_pathspec, task_id in clones:
+                try:
+                    self.clone_task(origin_pathspec, run_id, step_name, task_id)
+                except Exception as exc:
+                    errors[task_id] = f"cloning {origin_pathspec} failed: {exc!r}"
+            return errors
+        shares = [clones[i::processes] for i in range(processes)]
+        children: dict[int, tuple[int, Sequence[tuple[str, str]]]] = {}
+        for share in shares:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child
+                os.close(read_end)
+                self._clone_share_and_exit(share, run_id, step_name, write_end)
+            os.close(write_end)
+            children[pid] = (read_end, share)
+        for pid, (read_end, share) in children.items():
+            with os.fdopen(read_end, "rb") as reports:
+                report = reports.read()
+            _, status = os.waitpid(pid, 0)
+            done = json.loads(report) if report else {}
+            code = os.waitstatus_to_exitcode(status)
+            for origin_pathspec, task_id in share:
+                if task_id in done.get("errors", {}):
+                    errors[task_id] = done["errors"][task_id]
+                elif task_id not in done.get("cloned", ()):
+                    errors[task_id] = (
+                        f"cloning {origin_pathspec} failed: the cloning process exited with {code}"
+                    )
+        return errors
+
+    def _clone_share_and_exit(
+        self, share: Sequence[tuple[str, str]], run_id: str, step_name: str, report_fd: int
+    ) -> None:
+        global _METADATA_LOCK
+        code = 1
+        try:
+            gc.disable()  # never finalize the parent's objects (database connections) here
+            _METADATA_LOCK = threading.Lock()  # another thread may have held it at the fork
+            cloned: list[str] = []
+            errors: dict[str, str] = {}
+            for origin_pathspec, task_id in share:
+                try:
+                    self.clone_task(origin_pathspec, run_id, step_name, task_id)
+                    cloned.append(task_id)
+                except Exception as exc:
+                    errors[task_id] = f"cloning {origin_pathspec} failed: {exc!r}"
+            with os.fdopen(report_fd, "wb") as out:
+                out.write(json.dumps({"cloned": cloned, "errors": errors}).encode())
+            code = 0
+        finally:
+            os._exit(code)
 
     def _origin_system_metadata(self, run_id: str, step_name: str, task_id: str) -> list[Any] | None:
         """None if the origin task has a record the client can follow; else what to copy from it.
@@ -437,6 +651,8 @@ class MetaflowRun:
         flow_name = self.deployment.flow_name
         if getattr(self.metadata, "_ensure_meta", None) is None:
             return None  # a provider that records every task id (the metadata service)
+        if not task_id.isdigit():
+            return None  # the local provider records every task id that is not an integer
         if provider.get_object("task", "self", {}, None, flow_name, run_id, step_name, task_id):
             return None
         key = (run_id, step_name)
@@ -451,17 +667,21 @@ class MetaflowRun:
             self._origin_metadata[key] = cached
         return cached
 
-    def _ensure_records(self, run_id: str, step_name: str, task_id: str) -> None:
-        # The step and task records the client lists (the local provider's register_task_id
-        # skips them for integer task ids); register_task_id itself would also write the
-        # system metadata again.
+    def _ensure_step_record(self, run_id: str, step_name: str) -> None:
+        # The step record the client lists, once per step (the local provider's
+        # register_task_id skips it for integer task ids).
         ensure_meta = getattr(self.metadata, "_ensure_meta", None)
-        if ensure_meta is None:  # e.g. the service provider: it registers any task id
-            self.metadata.register_task_id(run_id, step_name, task_id)
-            return
-        if (run_id, step_name) not in self._steps_registered:
+        if ensure_meta is not None and (run_id, step_name) not in self._steps_registered:
             ensure_meta("step", run_id, step_name, None)
             self._steps_registered.add((run_id, step_name))
+
+    def _ensure_task_record(self, run_id: str, step_name: str, task_id: str) -> None:
+        # The task record; register_task_id itself would also write the system metadata again.
+        ensure_meta = getattr(self.metadata, "_ensure_meta", None)
+        if ensure_meta is None:  # e.g. the service provider: it registers any task id
+            with _METADATA_LOCK:
+                self.metadata.register_task_id(run_id, step_name, task_id)
+            return
         ensure_meta("task", run_id, step_name, task_id)
 
     def task_outcome(self, pathspec: str, step_type: str) -> TaskOutcome:
@@ -510,6 +730,35 @@ class MetaflowRun:
             command.append(f"--split-index={split_index}")
         return command
 
+    def init_command(self, run_id: str, task_id: str) -> list[str]:
+        """The command that creates a new run's ``_parameters`` task, as metaflow-dagster runs it.
+
+        Parameter values go in ``METAFLOW_INIT_<NAME>`` variables (see ``init_environment``).
+        """
+        return [
+            sys.executable,
+            str(self.deployment.flow_file),
+            *self.deployment.top_args,
+            "init",
+            f"--run-id={run_id}",
+            f"--task-id={task_id}",
+        ]
+
+    def run_init(self, command: list[str], parameters: Mapping[str, Any]) -> subprocess.CompletedProcess[str]:
+        """Run ``init_command`` with ``parameters`` (name -> value; missing ones take their default)."""
+        values = {
+            "METAFLOW_INIT_" + name.upper().replace("-", "_"): _parameter_text(value)
+            for name, value in parameters.items()
+        }
+        return subprocess.run(
+            command,
+            env={**os.environ, **self.deployment.step_env, **values},
+            cwd=str(self.deployment.flow_file.parent),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
     def step_environment(self, step_name: str) -> dict[str, str]:
         """Environment for a step subprocess, as metaflow-dagster builds it."""
         return {
@@ -528,3 +777,12 @@ class MetaflowRun:
             text=True,
             check=False,
         )
+
+
+def _parameter_text(value: Any) -> str:
+    """A parameter value as Metaflow parses it from the command line (JSON for lists and maps)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)

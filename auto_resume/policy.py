@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
@@ -19,7 +20,15 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from auto_resume.policy_settings import (
@@ -66,19 +75,77 @@ class SensorSettings(BaseModel):
 
 
 class FlowEntry(Overrides):
-    """One watched flow, identified by its metaflow-dagster definitions file, and its overrides."""
+    """One watched flow and its overrides.
 
-    definitions_file: Path = Field(
+    Either a metaflow-dagster definitions file (the flow's job lives in that file's code
+    location), or a flow file whose job auto-resume builds in its own code location.
+    """
+
+    definitions_file: Path | None = Field(
+        default=None,
         description="File made by `python <flow>.py dagster create <file>`; "
-        "relative to the policy file's directory."
+        "relative to the policy file's directory.",
+    )
+    flow_file: Path | None = Field(
+        default=None,
+        description="Instead of definitions_file: a Metaflow flow file; auto-resume builds its job "
+        "(named after the flow) in the auto_resume code location. Relative to the policy file's "
+        "directory.",
+    )
+    flow_class: str | None = Field(
+        default=None,
+        description="With flow_file: the flow class to run, when the file defines several.",
+    )
+    job_name: str | None = Field(
+        default=None,
+        description="With flow_file: the Dagster job's name (default: the flow's name).",
     )
 
-    @field_validator("definitions_file")
+    @field_validator("definitions_file", "flow_file")
     @classmethod
-    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
+    def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         """Resolves against context["policy_dir"] (the cwd without a context)."""
+        if value is None:
+            return None
         context = info.context if isinstance(info.context, dict) else {}
         return (Path(context.get("policy_dir", ".")) / value.expanduser()).resolve()
+
+    @field_validator("job_name")
+    @classmethod
+    def _job_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                f"{value!r} is not a Dagster job name; fix: use letters, digits and '_' only, "
+                "not starting with a digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FlowEntry:
+        if (self.definitions_file is None) == (self.flow_file is None):
+            both = "both" if self.definitions_file is not None else "neither"
+            raise ValueError(
+                f"the entry has {both} `definitions_file` and `flow_file`; fix: give exactly one: "
+                "`definitions_file: flows/my_flow_dagster.py` or `flow_file: flows/my_flow.py`"
+            )
+        if self.definitions_file is not None and (self.flow_class or self.job_name):
+            raise ValueError(
+                "`flow_class` and `job_name` go with `flow_file` only; fix: remove them (a "
+                "definitions file names its flow and job), or use `flow_file`"
+            )
+        return self
+
+    @property
+    def source(self) -> Path:
+        """The file the entry names (definitions file or flow file), absolute."""
+        source = self.definitions_file or self.flow_file
+        assert source is not None  # _one_source
+        return source
+
+    @property
+    def source_field(self) -> str:
+        """``definitions_file`` or ``flow_file``: the field that names the entry's file."""
+        return "definitions_file" if self.definitions_file is not None else "flow_file"
 
 
 class JobOverride(Overrides):
@@ -132,18 +199,19 @@ class Policy(BaseModel):
         ``tags`` are merged key by key instead. The global ``enabled: false`` wins over all.
 
         Args:
-            definitions_file: The flow's definitions file (relative to the cwd).
+            definitions_file: The file of the flow's entry: its definitions file, or its flow
+                file for a ``flow_file`` entry (relative to the cwd).
             job_name: The flow's Dagster job name, for ``overrides``; None applies none.
 
         Returns:
             The effective settings of the flow.
 
         Raises:
-            KeyError: If no flow entry has this definitions file.
+            KeyError: If no flow entry names this file.
         """
         wanted = definitions_file.expanduser().resolve()
         for flow in self.flows:
-            if flow.definitions_file == wanted:
+            if flow.source == wanted:
                 layers: list[Overrides] = [
                     o for o in self.overrides if job_name is not None and fnmatchcase(job_name, o.job)
                 ]
@@ -177,6 +245,9 @@ _EXAMPLES = {
     "max_attempts": "2",
     "flows": "[{definitions_file: flows/my_flow_dagster.py}]",
     "definitions_file": "flows/my_flow_dagster.py",
+    "flow_file": "flows/my_flow.py",
+    "flow_class": "MyFlow",
+    "job_name": "MyFlow",
     "overrides": '[{job: "Train*", max_attempts: 5}]',
     "job": '"Train*"',
     "mode": "observe",
@@ -284,7 +355,10 @@ def _explain(err: ErrorDetails) -> _Problem:
         sample = "`- definitions_file: flows/my_flow_dagster.py`"
     if kind == "extra_forbidden":
         fields = _model_at(loc[:-1]).model_fields
-        allowed = sorted(fields, key=lambda f: not fields[f].is_required())  # required ones first
+        # Required ones first, then the file an entry names, then the rest in model order.
+        allowed = sorted(
+            fields, key=lambda f: (not fields[f].is_required(), f not in ("definitions_file", "flow_file"))
+        )
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         what = f"unknown field; allowed fields are: {', '.join(allowed)}"
         fix = f"rename it to `{close[0]}`" if close else "remove it"
@@ -314,21 +388,25 @@ def _explain(err: ErrorDetails) -> _Problem:
 
 
 def _check_flows(policy: Policy, policy_dir: Path) -> list[_Problem]:
-    """Checks that definitions files exist and are listed once each."""
+    """Checks that the files entries name exist and are listed once each."""
     problems: list[_Problem] = []
     seen: dict[Path, int] = {}
     for i, entry in enumerate(policy.flows):
-        loc: _Loc = ("flows", i, "definitions_file")
-        path = entry.definitions_file
+        loc: _Loc = ("flows", i, entry.source_field)
+        path = entry.source
         if path in seen:
             what = f"{path} is already listed as flows[{seen[path]}]"
             fix = "remove one of the two entries, or merge their settings"
             problems.append(_Problem(what, fix, loc))
         elif not path.is_file():
             state = "is not a file" if path.exists() else "does not exist"
-            what = f"definitions file {path} {state} (resolved against {policy_dir})"
-            fix = f"generate it with `python <flow>.py dagster create {path}`"
-            problems.append(_Problem(what, fix + ", or fix the path", loc))
+            if entry.definitions_file is not None:
+                what = f"definitions file {path} {state} (resolved against {policy_dir})"
+                fix = f"generate it with `python <flow>.py dagster create {path}`, or fix the path"
+            else:
+                what = f"flow file {path} {state} (resolved against {policy_dir})"
+                fix = "fix the path (it is relative to the policy file's directory)"
+            problems.append(_Problem(what, fix, loc))
         seen.setdefault(path, i)
     return problems
 
@@ -441,9 +519,12 @@ def salvage_policy(path: Path) -> Policy:
     flows = []
     raw_flows = data.get("flows")
     for raw in raw_flows if isinstance(raw_flows, list) else []:
-        value = raw.get("definitions_file") if isinstance(raw, dict) else None
-        if isinstance(value, str) and (policy_dir / value).expanduser().is_file():
-            flows.append({"definitions_file": value})
+        for key in ("definitions_file", "flow_file"):
+            value = raw.get(key) if isinstance(raw, dict) else None
+            if isinstance(value, str) and (policy_dir / value).expanduser().is_file():
+                extra = {k: raw[k] for k in ("flow_class", "job_name") if key == "flow_file" and k in raw}
+                flows.append({key: value, **extra})
+                break
     try:
         sensor = SensorSettings.model_validate(data.get("sensor") or {})
     except ValidationError:

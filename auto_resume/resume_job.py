@@ -19,6 +19,7 @@ resume, which starts from it, repeats none of it. The last op, ``<job>_resume__f
 the run if any task failed.
 """
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,6 +62,8 @@ from auto_resume.resume_plan import (
 
 RUN_ID_LOG_PREFIX = "auto-resume: metaflow_run_id="
 DEFAULT_MAX_PARALLEL_TASKS = 4
+# Processes cloning the tasks of a wide step (see MetaflowRun.clone_tasks).
+CLONE_PROCESSES = max(1, min(4, os.cpu_count() or 1))
 _STDERR_TAIL = 3000
 
 
@@ -77,7 +80,7 @@ class ResumeContext:
     """What every step op of one resume run shares."""
 
     run_id: str
-    origin_run_id: str
+    origin_run_id: str | None  # None: a first run (the flow job of a `flow_file:` entry)
     rerun_steps: frozenset[str]
     parameters_pathspec: str
     max_parallel_tasks: int
@@ -113,8 +116,8 @@ def build_resume_job(deployment: Deployment, flow: FlowShape) -> JobDefinition:
     """
     job_name = deployment.resume_job_name
     origin_op = _origin_op(job_name, deployment, flow)
-    step_ops = {step.name: _step_op(job_name, deployment, flow, step) for step in flow.steps}
-    finish_op = _finish_op(job_name, flow)
+    step_ops = {step.name: step_op(job_name, deployment, flow, step) for step in flow.steps}
+    finish = finish_op(job_name, flow)
 
     @job(
         name=job_name,
@@ -131,7 +134,7 @@ def build_resume_job(deployment: Deployment, flow: FlowShape) -> JobDefinition:
         for step in flow.steps:
             parents = {f"from_{p}": outputs[p] for p in step.in_funcs}
             outputs[step.name] = step_ops[step.name](resume=resume, **parents)
-        finish_op(resume=resume, **{f"from_{name}": output for name, output in outputs.items()})
+        finish(resume=resume, **{f"from_{name}": output for name, output in outputs.items()})
 
     return _resume_job
 
@@ -193,7 +196,8 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
     return _origin
 
 
-def _step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepShape) -> OpDefinition:
+def step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepShape) -> OpDefinition:
+    """The op of one Metaflow step: clones or executes its tasks (see the module docstring)."""
     ins = {"resume": In(Any), **{f"from_{p}": In(Any) for p in step.in_funcs}}
 
     # "step_" keeps step ops apart from the origin op whatever the steps are called.
@@ -205,7 +209,8 @@ def _step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepS
     return _step
 
 
-def _finish_op(job_name: str, flow: FlowShape) -> OpDefinition:
+def finish_op(job_name: str, flow: FlowShape) -> OpDefinition:
+    """The last op: fails the run if any task failed."""
     ins = {"resume": In(Any), **{f"from_{s.name}": In(Any) for s in flow.steps}}
 
     @op(name=f"{job_name}__finish", ins=ins)
@@ -239,9 +244,9 @@ def _execute_step(
         return StepOutcome(records=())
     access = _access(deployment)
     try:
-        origin = access.origin_tasks(resume.origin_run_id, step.name)
+        origin = access.origin_tasks(resume.origin_run_id, step.name) if resume.origin_run_id else {}
     except MetaflowAccessError as exc:
-        raise Failure(description=str(exc)) from exc
+        raise Failure(description=_unreadable_origin(deployment, resume, step.name, exc)) from exc
     actions = plan_step(instances, origin, rerun=step.name in resume.rerun_steps)
     records: dict[tuple[int, ...], TaskRecord] = {}
     clones = [a for a in actions if a.clone]
@@ -250,16 +255,29 @@ def _execute_step(
     # are in-process file copies, so on a wide step they cost nothing on the critical path.
     with _TaskRunner(context, access, step, resume, executions, records) as runner:
         started = time.monotonic()
+        errors = access.clone_tasks(
+            [(a.origin.pathspec, a.task_id) for a in clones if a.origin is not None],
+            resume.run_id,
+            step.name,
+            processes=CLONE_PROCESSES,
+        )
         for action in clones:
-            assert action.origin is not None
-            pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
-            access.clone_task(action.origin.pathspec, resume.run_id, step.name, action.task_id)
-            records[action.instance.indices] = _record(access, step, action, pathspec, cloned=True)
+            if action.task_id not in errors:
+                pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
+                records[action.instance.indices] = _record(access, step, action, pathspec, cloned=True)
         clone_seconds = time.monotonic() - started
-    failures = runner.failures
+    failures = [
+        *runner.failures,
+        *(
+            f"{resume.run_id}/{step.name}/{task_id} could not be cloned: {why}"
+            for task_id, why in errors.items()
+        ),
+    ]
     summary = (
         f"step {step.name}: {len(clones)} task(s) cloned from {resume.origin_run_id} "
         f"in {clone_seconds:.2f}s, {len(executions)} executed"
+        if resume.origin_run_id
+        else f"step {step.name}: {len(executions)} task(s) executed"
     )
     # One log line per step, not per cloned task: each event is a row in the event log storage.
     context.log.info(summary)
@@ -281,6 +299,19 @@ def _execute_step(
         }
     )
     return StepOutcome(records=tuple(records[key] for key in sorted(records)), failures=tuple(failures))
+
+
+def _unreadable_origin(
+    deployment: Deployment, resume: ResumeContext, step_name: str, error: MetaflowAccessError
+) -> str:
+    """Why a step cannot be resumed when its origin tasks cannot be read, and what happens next."""
+    root = deployment.top_arg("datastore-root")
+    where = f" under {root}/{deployment.flow_name}/{resume.origin_run_id}/{step_name}/" if root else ""
+    return (
+        f"the origin run's datastore objects of step {step_name} are missing or unreadable{where} "
+        f"({error}): its tasks cannot be cloned. Resuming this run instead executes step "
+        f"{step_name} and the steps after it again (the new run {resume.run_id} has no task of them)."
+    )
 
 
 class _TaskRunner:
@@ -366,8 +397,14 @@ def _record(
 _ACCESS: dict[str, MetaflowRun] = {}
 
 
+def access_for(deployment: Deployment) -> MetaflowRun:
+    """The datastore access of ``deployment``, shared by the ops of this process."""
+    return _access(deployment)
+
+
 def _access(deployment: Deployment) -> MetaflowRun:
-    key = str(deployment.definitions_file)
+    # Keyed by where the flow's data lives too: tests run one flow on several datastores.
+    key = repr((str(deployment.definitions_file), deployment.top_args, sorted(deployment.step_env.items())))
     if key not in _ACCESS:
         _ACCESS[key] = MetaflowRun(deployment)
     return _ACCESS[key]

@@ -23,8 +23,9 @@ _PAGE_SIZE = 200
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$")
 _TRACEBACK = "Traceback (most recent call last):"
 _FRAME = '\n  File "'  # a traceback frame; the header may have been cut off with the stderr's head
-# How the resume job reports one failed task: "<run>/<step>/<task> exited with status 1:".
-_TASK_FAILED = re.compile(r"^[^\s/]+/(\w+)/\S+ exited with status", re.MULTILINE)
+# How the resume job reports one failed task: "<run>/<step>/<task> exited with status 1:", or
+# "<run>/<step>/<task> could not be cloned: ..." when copying it from the origin failed.
+_TASK_FAILED = re.compile(r"^[^\s/]+/(\w+)/\S+ (?:exited with status|could not be cloned)", re.MULTILINE)
 # The resume job's last op, which fails the run when tasks failed (resume_job._finish_op).
 FINISH_OP_SUFFIX = "__finish"
 

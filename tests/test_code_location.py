@@ -75,8 +75,10 @@ def test_repo_policy_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO_ROOT)
     defs = build_definitions(Path("policy.yaml"))
     shapes = ("NestedForeachFlow", "MultiBodyFlow", "SwitchFlow", "DecoratedFlow")  # tests/e2e/test_shapes.py
+    from_file = ("SwitchFromFile", "MultiBodyFromFile")  # flow_file entries: their job and resume job
     assert {job.name for job in defs.resolve_all_job_defs()} == {
-        f"{job}_resume" for job in (*EXAMPLES, *shapes)
+        *(f"{job}_resume" for job in (*EXAMPLES, *shapes, *from_file)),
+        *from_file,
     }
     assert defs.resolve_sensor_def("auto_resume_sensor").name == "auto_resume_sensor"
 
@@ -187,3 +189,40 @@ def test_invalid_policy_at_reload_keeps_jobs_and_the_sensor_shows_the_error(tmp_
         pytest.raises(Exception, match=r"defaults\.max_atempts"),
     ):
         sensor(build_sensor_context(instance=instance, definitions=defs))
+
+
+def test_flow_file_entries_get_their_flow_job(tmp_path: Path) -> None:
+    flows = REPO_ROOT / "examples" / "flows"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nflows:\n"
+        f"  - flow_file: {flows / 'switch_flow.py'}\n"
+        f"  - flow_file: {flows / 'linear_flow.py'}\n    job_name: LinearFromFile\n"
+        f"  - definitions_file: {generated('linear_flow_dagster.py')}\n"
+    )
+    defs = build_definitions(policy)
+    assert sorted(job.name for job in defs.resolve_all_job_defs()) == [
+        "LinearFlow_resume",
+        "LinearFromFile",
+        "LinearFromFile_resume",
+        "SwitchFlow",
+        "SwitchFlow_resume",
+    ]
+    switch = defs.resolve_job_def("SwitchFlow")
+    assert sorted(node.name for node in switch.all_node_defs) == sorted(
+        ["SwitchFlow__params", "SwitchFlow__finish"]
+        + [f"SwitchFlow__step_{step}" for step in ("start", "high", "low", "merge", "end")]
+    )
+    names = op_names(defs)
+    assert len(names) == len(set(names))
+
+
+def test_flow_file_that_is_not_a_flow_names_the_entry(tmp_path: Path) -> None:
+    not_a_flow = tmp_path / "helpers.py"
+    not_a_flow.write_text("X = 1\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nflows:\n  - flow_file: helpers.py\n")
+    with pytest.raises(PolicyError) as info:
+        build_definitions(policy)
+    message = str(info.value)
+    assert "flows[0].flow_file" in message and "defines 0 flow classes" in message

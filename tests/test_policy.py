@@ -166,7 +166,7 @@ BAD_FILES = {
         "version: 1\nflows:\n" + FLOW + "    retries: 3\n",
         "flows[0].retries",
         4,
-        ["allowed fields are: definitions_file, enabled, mode, max_attempts", "remove it"],
+        ["allowed fields are: definitions_file, flow_file, enabled, mode, max_attempts", "remove it"],
     ),
     "max_attempts not an int": (
         "version: 1\nflows:\n" + FLOW + FLOW.replace("a.py", "b.py") + '    max_attempts: "two"\n',
@@ -200,9 +200,33 @@ BAD_FILES = {
     ),
     "missing definitions_file key": (
         "version: 1\nflows:\n  - enabled: false\n",
-        "flows[0].definitions_file",
+        "flows[0]",
         3,
-        ["required field is missing", "fix: add it, e.g. `definitions_file: "],
+        ["has neither `definitions_file` and `flow_file`", "fix: give exactly one: `definitions_file: "],
+    ),
+    "both definitions_file and flow_file": (
+        "version: 1\nflows:\n" + FLOW + "    flow_file: flow.py\n",
+        "flows[0]",
+        3,
+        ["has both `definitions_file` and `flow_file`", "give exactly one"],
+    ),
+    "flow_class with a definitions_file": (
+        "version: 1\nflows:\n" + FLOW + "    flow_class: MyFlow\n",
+        "flows[0]",
+        3,
+        ["`flow_class` and `job_name` go with `flow_file` only", "remove them"],
+    ),
+    "bad job_name": (
+        "version: 1\nflows:\n  - flow_file: flow.py\n    job_name: my-job\n",
+        "flows[0].job_name",
+        4,
+        ["'my-job' is not a Dagster job name", "letters, digits and '_'"],
+    ),
+    "missing flow_file": (
+        "version: 1\nflows:\n  - flow_file: nope.py\n",
+        "flows[0].flow_file",
+        3,
+        ["flow file", "nope.py does not exist", "fix the path"],
     ),
     "duplicate flows": (
         "version: 1\nflows:\n" + FLOW + "  - definitions_file: ./sub/../a.py\n",

@@ -40,6 +40,7 @@ EXAMPLES = (
 )
 
 
+FLOW_FILE_JOB = "SwitchFromFile"
 ORIGIN_WATCH_BACKOFF = "  backoff:\n    initial_seconds: 4\n"
 
 
@@ -187,7 +188,7 @@ class OriginWatch:
                     self._seen_failures.add(run.run_id)
                     origin = metaflow_run_id(instance, run.run_id)
                     if origin:
-                        self.snapshot(run.job_name.removesuffix("_resume"), origin)
+                        self.snapshot(_flow_name(run), origin)
             except Exception:  # a database blip: poll again
                 logging.getLogger(__name__).exception("origin watch")
 
@@ -201,7 +202,7 @@ class OriginWatch:
             self._checked.add(run.run_id)
             ops = (run.run_config or {}).get("ops", {})
             origin = ops.get(f"{run.job_name}__origin", {}).get("config", {}).get("origin_run_id")
-            key = (run.job_name.removesuffix("_resume"), str(origin))
+            key = (_flow_name(run), str(origin))
             with self._lock:
                 snapshot = self._snapshots.get(key)
             if snapshot is None:
@@ -221,6 +222,11 @@ class OriginWatch:
             else:
                 self.verified += 1
         assert not problems, "\n".join(problems)
+
+
+def _flow_name(run: DagsterRun) -> str:
+    """The Metaflow flow of a run: auto-resume's jobs tag it, metaflow-dagster's are named after it."""
+    return run.tags.get("auto_resume/flow") or run.job_name.removesuffix("_resume")
 
 
 def _server_url() -> str:
@@ -257,6 +263,9 @@ def write_policy(path: Path, max_attempts: int = 2, extra: str = "") -> None:
         "sensor:\n  minimum_interval_seconds: 5\n  default_status: running\n"
         f"defaults:\n  max_attempts: {max_attempts}\n{extra}"
         f"flows:\n{flows}"
+        # A conditional flow run by auto-resume's own job (metaflow-dagster's fails on it).
+        f"  - flow_file: {ROOT / 'examples' / 'flows' / 'switch_flow.py'}\n"
+        f"    job_name: {FLOW_FILE_JOB}\n"
     )
 
 

@@ -1,0 +1,146 @@
+"""The job of a flow declared by ``flow_file:`` in the policy, built by auto-resume itself.
+
+metaflow-dagster compiles a flow into a definitions file of its own code location. A policy entry
+``flow_file: flows/my_flow.py`` skips that step: auto-resume reads the flow and builds its job in
+the ``auto_resume`` code location, beside the flow's resume job. The job runs a flow the way
+metaflow-dagster does, so that the two kinds of runs are interchangeable (either resumes the
+other): the Metaflow run id is ``dagster-`` + sha1(Dagster run id)[:12], the parameters task is
+``_parameters/params``, and task ids are ``1``, ``1-3`` (foreach item 3), ``1-0-1`` (nested).
+
+Run config::
+
+    ops:
+      <job>__params:
+        config:
+          alpha: 42          # any of the flow's parameters; the others take their defaults
+
+Its ops are the resume job's step ops with nothing to clone: one op per Metaflow step, tasks as
+Metaflow subprocesses, and a failed task does not stop the tasks that do not depend on it; the
+last op, ``<job>__finish``, fails the run if any task failed. Conditional steps (split-switch)
+run the branch the step chose, which metaflow-dagster 0.3.7 cannot do.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    Any as AnyType,
+)
+from dagster import (
+    Failure,
+    Field,
+    JobDefinition,
+    OpDefinition,
+    OpExecutionContext,
+    Out,
+    in_process_executor,
+    job,
+    op,
+)
+
+from auto_resume.deployment import Deployment, StepOptions
+from auto_resume.metaflow_access import FlowFile, make_run_id
+from auto_resume.resume_job import (
+    DEFAULT_MAX_PARALLEL_TASKS,
+    RUN_ID_LOG_PREFIX,
+    ResumeContext,
+    access_for,
+    finish_op,
+    step_op,
+)
+from auto_resume.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID
+
+_STDERR_TAIL = 3000
+
+
+def flow_file_deployment(flow: FlowFile, job_name: str | None = None) -> Deployment:
+    """The deployment of a ``flow_file:`` entry: what a definitions file would have said."""
+    steps = {}
+    for step in flow.shape.steps:
+        retries, delay = flow.retries.get(step.name, (0, 0.0))
+        steps[step.name] = StepOptions(
+            max_user_code_retries=retries,
+            retry_delay_seconds=delay,
+            extra_env=dict(flow.environment.get(step.name, {})),
+        )
+    return Deployment(
+        definitions_file=flow.flow_file,
+        job_name=job_name or flow.shape.name,
+        flow_file=flow.flow_file,
+        flow_name=flow.shape.name,
+        top_args=flow.top_args,
+        step_env=dict(flow.step_env),
+        steps=steps,
+    )
+
+
+def params_op_name(deployment: Deployment) -> str:
+    """Name of the flow job's first op, which carries the flow's parameters as run config."""
+    return f"{deployment.job_name}__params"
+
+
+def flow_run_config(deployment: Deployment, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run config of the flow job for a run with ``parameters``."""
+    return {"ops": {params_op_name(deployment): {"config": dict(parameters)}}}
+
+
+def build_flow_job(deployment: Deployment, flow: FlowFile) -> JobDefinition:
+    """Build the job that runs ``flow`` from its first step, named ``deployment.job_name``."""
+    shape = flow.shape
+    job_name = deployment.job_name
+    params = _params_op(deployment, flow)
+    step_ops = {step.name: step_op(job_name, deployment, shape, step) for step in shape.steps}
+    finish = finish_op(job_name, shape)
+
+    @job(
+        name=job_name,
+        description=(
+            f"Run Metaflow flow {shape.name} from {Path(deployment.flow_file).name}, one op per "
+            f"step (built by auto-resume from the policy's flow_file entry)."
+        ),
+        executor_def=in_process_executor,
+        tags={"auto_resume/flow": shape.name},
+    )
+    def _flow_job() -> None:
+        context = params()
+        outputs: dict[str, Any] = {}
+        for step in shape.steps:
+            parents = {f"from_{p}": outputs[p] for p in step.in_funcs}
+            outputs[step.name] = step_ops[step.name](resume=context, **parents)
+        finish(resume=context, **{f"from_{name}": output for name, output in outputs.items()})
+
+    return _flow_job
+
+
+def _params_op(deployment: Deployment, flow: FlowFile) -> OpDefinition:
+    schema = {
+        name: Field(AnyType, is_required=False, description=f"Parameter {name} of {flow.shape.name}")
+        for name in flow.parameters
+    }
+
+    @op(name=params_op_name(deployment), config_schema=schema, out=Out(Any))
+    def _params(context: OpExecutionContext) -> ResumeContext:
+        access = access_for(deployment)
+        run_id = make_run_id(context.run_id)
+        context.log.info(f"{RUN_ID_LOG_PREFIX}{run_id}")
+        access.register_run(run_id)
+        command = access.init_command(run_id, PARAMETERS_TASK_ID)
+        context.log.info("$ " + " ".join(command))
+        result = access.run_init(command, dict(context.op_config or {}))
+        if result.returncode != 0:
+            raise Failure(
+                description=(
+                    f"{deployment.flow_name}/{run_id}: creating the parameters task failed "
+                    f"(exit {result.returncode}); check the run config's parameter values:\n"
+                    f"{(result.stderr or result.stdout)[-_STDERR_TAIL:]}"
+                )
+            )
+        return ResumeContext(
+            run_id=run_id,
+            origin_run_id=None,
+            rerun_steps=frozenset(),
+            parameters_pathspec=f"{run_id}/{PARAMETERS_STEP}/{PARAMETERS_TASK_ID}",
+            max_parallel_tasks=DEFAULT_MAX_PARALLEL_TASKS,
+        )
+
+    return _params
