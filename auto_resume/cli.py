@@ -7,16 +7,20 @@ scripts (errors included). Exit status: 0 success, 1 failure or invalid input, 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from auto_resume import tags
+
 if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for dagster
     from auto_resume.history import Lineage, RunSummary
+    from auto_resume.operator import Explanation, ResumePlan, ResumeRequest
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -25,19 +29,25 @@ _TEXT_WIDTH = 88
 
 _EPILOG = """\
 exit status:
-  0  success (validate: the policy is valid; demo: the run was resumed)
-  1  failure: an invalid policy, an instance that cannot be opened, a failed demo
+  0  success (validate: the policy is valid; demo: the run was resumed; resume: the run was
+     submitted, or shown with --dry-run)
+  1  failure: an invalid policy, an instance that cannot be opened, a failed demo; explain and
+     resume: a bad or unknown run id, a run of a job not in the policy, a run still going;
+     resume: a run the policy refuses (without --force), a succeeded run without --from-step
   2  usage error: unknown command or option, bad option value
 
 environment:
-  DAGSTER_HOME         directory of the Dagster instance's dagster.yaml (history)
-  DAGSTER_PG_URL       PostgreSQL URL that the repo's dagster.yaml reads (history)
+  DAGSTER_HOME         directory of the Dagster instance's dagster.yaml (history, explain, resume)
+  DAGSTER_PG_URL       PostgreSQL URL that the repo's dagster.yaml reads
   AUTO_RESUME_POLICY   policy file (default ./policy.yaml)
 
 examples:
   auto-resume validate policy.yaml
   auto-resume history LinearFlow --limit 5
   auto-resume history --json | jq '.lineages[] | select(.outcome == "gave_up")'
+  auto-resume explain 4dcbbd80-5b1e-4c55-9d4e-1f0a3c2b7e61
+  auto-resume resume 4dcbbd80-5b1e-4c55-9d4e-1f0a3c2b7e61 --dry-run
+  auto-resume resume 4dcbbd80-5b1e-4c55-9d4e-1f0a3c2b7e61 --from-step train --force
 """
 
 
@@ -93,6 +103,234 @@ def _history(args: argparse.Namespace) -> int:
     document = {"job": args.job, "lineages": [lineage.model_dump(mode="json") for lineage in lineages]}
     _emit(args, document, format_history(lineages, args.job))
     return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from auto_resume.operator import OperatorError, check_dagster_run_id, explain_run
+    from auto_resume.policy import default_policy_path
+
+    policy = Path(args.policy) if args.policy else default_policy_path()
+    _check_run_id(check_dagster_run_id, args.run_id, OperatorError)
+    instance = _open_instance()
+    try:
+        explanation = explain_run(instance, policy, args.run_id)
+    except OperatorError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        instance.dispose()
+    _emit(args, explanation_document(explanation, policy), format_explanation(explanation, policy))
+    return EXIT_OK
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from auto_resume.operator import (
+        OperatorError,
+        check_dagster_run_id,
+        explain_run,
+        prepare_resume,
+        submit_resume,
+    )
+    from auto_resume.policy import default_policy_path
+
+    policy = (Path(args.policy) if args.policy else default_policy_path()).absolute()
+    _check_run_id(check_dagster_run_id, args.run_id, OperatorError)
+    instance = _open_instance()
+    try:
+        explanation = explain_run(instance, policy, args.run_id, from_step=args.from_step)
+        request = prepare_resume(explanation, args.from_step, args.force)
+        submitted = None
+        if not args.dry_run:
+            # The location must build its jobs from the policy the decision was taken under.
+            with _environment("AUTO_RESUME_POLICY", str(policy)), _stdout_to_stderr():
+                submitted = submit_resume(instance, Path(args.workspace), request, args.location)
+    except OperatorError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        instance.dispose()
+    document = explanation_document(explanation, policy)
+    document["resume"] = {
+        "job_name": request.job_name,
+        "run_config": request.run_config,
+        "tags": request.tags,
+        "notes": list(request.notes),
+        "dry_run": args.dry_run,
+        "run_id": submitted,
+    }
+    _emit(args, document, format_resume(explanation, request, submitted))
+    return EXIT_OK
+
+
+def _check_run_id(check: Callable[[str], str], run_id: str, error: type[Exception]) -> None:
+    # Before the instance is opened: a typo should not wait for the database.
+    try:
+        check(run_id)
+    except error as exc:
+        raise CommandError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to stderr: the code server started to load the job logs to its
+    stdout, which it inherits, and stdout is for the command's own output (one JSON document)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def explanation_document(explanation: Explanation, policy: Path) -> dict[str, Any]:
+    """``auto-resume explain --json``: the run, its failure, the decision and the plan."""
+    facts, decision, plan = explanation.facts, explanation.decision, explanation.plan
+    return {
+        "run_id": explanation.run.run_id,
+        "job_name": explanation.run.job_name,
+        "status": explanation.run.status.value,
+        "metaflow_run_id": facts.metaflow_run_id,
+        "policy": str(policy),
+        "failure": {
+            "reason": facts.failure_reason,
+            "step": facts.step_name,
+            "exception": facts.exception_class,
+            "message": facts.message,
+        },
+        "decision": {
+            "action": decision.action.value,
+            "reason": decision.reason,
+            "attempt": decision.attempt,
+            "root_run_id": decision.root_run_id or None,
+            "due_at": decision.due_at,
+            "error_rule": explanation.rule_index,
+        },
+        "resumes": [
+            {"run_id": run.run_id, "status": run.status.value, "manual": tags.MANUAL in run.tags}
+            for run in explanation.resumes
+        ],
+        "plan": _plan_document(plan) if plan is not None else None,
+        "plan_error": explanation.plan_error,
+    }
+
+
+def _plan_document(plan: ResumePlan) -> dict[str, Any]:
+    from auto_resume.operator import plan_summary
+
+    return {
+        "origin_metaflow_run_id": plan.origin_run_id,
+        "from_step": plan.from_step,
+        "tasks_cloned": plan.cloned,
+        "tasks_executed": plan.executed,
+        "steps": [
+            {"step": step, "cloned": cloned, "executed": executed}
+            for step, (cloned, executed) in plan_summary(plan).items()
+        ],
+        "tasks": [
+            {"step": t.step, "task_id": t.task_id, "action": t.action, "origin": t.origin, "why": t.why}
+            for t in plan.tasks
+        ],
+        "unknown_after": list(plan.unknown_after),
+    }
+
+
+def format_explanation(explanation: Explanation, policy: Path) -> str:
+    """``auto-resume explain`` as text."""
+    run, facts, decision = explanation.run, explanation.facts, explanation.decision
+    lines = [
+        f"run {run.run_id}: {run.job_name}, {run.status.value}, "
+        f"Metaflow run {facts.metaflow_run_id or '(none logged)'}",
+    ]
+    if run.status.value == "FAILURE":
+        where = f"step {facts.step_name}" if facts.step_name else "no step"
+        what = f"{facts.exception_class}: {facts.message}" if facts.exception_class else facts.message
+        lines.append(f"failure: {facts.failure_reason or 'unknown'} in {where}: {_short(what)}")
+    lineage = f"attempt {facts.attempt} of the lineage of {facts.root_run_id}" if facts.attempt else ""
+    lines.append(f"lineage: {lineage or 'an original run (attempt 0)'}")
+    rules = explanation.rules
+    lines.append(
+        f"policy: {policy}: {explanation.deployment.job_name} enabled={rules.enabled}, "
+        f"mode={rules.mode}, max_attempts={rules.max_attempts}"
+    )
+    rule = (
+        f"errors[{explanation.rule_index}] matched" if explanation.rule_index is not None else "none matched"
+    )
+    lines.append(f"error rules: {rule}")
+    resumes = ", ".join(_describe(r) for r in explanation.resumes) or "none"
+    lines.append(f"resume runs of it so far: {resumes}")
+    lines.append(f"decision: {decision.action.value}: {decision.reason}")
+    lines.append(_format_plan(explanation.plan, explanation.plan_error))
+    return "\n".join(lines)
+
+
+def _describe(run: Any) -> str:
+    from auto_resume.operator import describe_run
+
+    return describe_run(run)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_TASKS_SHOWN = 12  # per step, in text; --json lists every task
+
+
+def _format_plan(plan: ResumePlan | None, error: str | None) -> str:
+    from auto_resume.operator import plan_summary
+
+    if plan is None:
+        return f"plan: none: {error}"
+    origin = plan.origin_run_id + (f", from step {plan.from_step}" if plan.from_step else "")
+    lines = [
+        f"plan: a new Metaflow run from {origin}: {plan.cloned} task(s) cloned, "
+        f"{plan.executed} executed (user code runs for {plan.executed} of {len(plan.tasks)})"
+    ]
+    for step, (cloned, executed) in plan_summary(plan).items():
+        lines.append(f"  step {step}: {cloned} cloned, {executed} executed")
+        tasks = [t for t in plan.tasks if t.step == step]
+        for task in tasks[:_TASKS_SHOWN]:
+            verb = "clone " if task.action == "clone" else "re-run" if task.origin else "run   "
+            lines.append(f"    {verb} {step}/{task.task_id:<8} {task.why}")
+        if len(tasks) > _TASKS_SHOWN:
+            lines.append(f"    ... and {len(tasks) - _TASKS_SHOWN} more (--json lists every task)")
+    if plan.unknown_after:
+        lines.append(
+            f"  then: the tasks after {', '.join(plan.unknown_after)} (not finished in the origin "
+            "run), known once it has run"
+        )
+    return "\n".join(lines)
+
+
+def format_resume(explanation: Explanation, request: ResumeRequest, submitted: str | None) -> str:
+    """``auto-resume resume`` as text."""
+    lines = [f"decision: {explanation.decision.action.value}: {explanation.decision.reason}"]
+    lines += [f"note: {note}" for note in request.notes]
+    lines.append(f"resume job {request.job_name}, run config {json.dumps(request.run_config)}")
+    lines += [f"  tag {key} = {value}" for key, value in sorted(request.tags.items())]
+    lines.append(_format_plan(explanation.plan, explanation.plan_error))
+    if submitted is None:
+        lines.append("dry run: nothing submitted")
+    else:
+        lines.append(
+            f"submitted run {submitted} of {request.job_name} to the run queue (the daemon launches it)"
+        )
+    return "\n".join(lines)
 
 
 def _open_instance() -> Any:
@@ -164,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_validate(commands)
     _add_history(commands)
+    _add_explain(commands)
+    _add_resume(commands)
     return parser
 
 
@@ -237,6 +477,88 @@ def _add_history(commands: Any) -> None:
     )
     history.add_argument(
         "--json", action="store_true", help='print {"job", "lineages": [...]}, one object per lineage'
+    )
+
+
+_POLICY_HELP = "policy file (default: $AUTO_RESUME_POLICY, else ./policy.yaml)"
+
+
+def _add_explain(commands: Any) -> None:
+    explain = _subparser(
+        commands,
+        "explain",
+        "say what auto_resume_sensor would decide about a failed run, and which tasks a resume clones",
+        "Reads the run from the Dagster instance of $DAGSTER_HOME and decides it as "
+        "auto_resume_sensor would now, under the current policy and with the resume runs queued "
+        "or running (the failure counts as seen now): resume, wait (backoff, time window, "
+        "in-flight cap), skip or give up, with the check or error rule that decided; a run the "
+        "sensor never resumes says so (skip): a succeeded or canceled run, a failure that already "
+        "has a resume run. Then the plan of a resume: every task of the new Metaflow run, cloned "
+        "from the run's Metaflow run or executed, and why. Launches nothing, writes nothing. Exit "
+        "status 0 when explained; 1 for a bad or unknown run id, a run of a job not in the "
+        "policy, a run still going.",
+        _explain,
+    )
+    explain.add_argument("run_id", metavar="RUN_ID", help="Dagster run id of the failed run")
+    explain.add_argument("--policy", metavar="PATH", help=_POLICY_HELP)
+    explain.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"run_id", "job_name", "status", "metaflow_run_id", "policy", "failure", '
+        '"decision", "resumes", "plan", "plan_error"}',
+    )
+
+
+def _add_resume(commands: Any) -> None:
+    resume = _subparser(
+        commands,
+        "resume",
+        "resume a finished run now, by hand, as the sensor would (same job, run config and tags)",
+        "Decides the run as `explain` does and submits a run of the flow's <job>_resume to the "
+        "instance's run queue (the daemon launches it), with the sensor's run config and tags: "
+        "it counts as the next attempt of the failure's lineage, is tagged auto_resume/manual, "
+        "and the sensor does not resume that failure again. A decision to wait (backoff, time "
+        "window, in-flight cap) is overridden. Refused, unless --force: what the policy skips or "
+        "gives up on (opted out, flow disabled, too old, an error rule `never`, max_attempts "
+        "spent, the same failure again), a canceled run, a run already resumed. Always refused: "
+        "a bad or unknown run id, a run of a job not in the policy, a run still going, a "
+        "succeeded run without --from-step, a run with no Metaflow run to resume. The job is "
+        "loaded from the auto_resume code location of the workspace file, that location only, "
+        "with AUTO_RESUME_POLICY set to the policy used. Exit status 0 when submitted (or shown "
+        "with --dry-run), 1 when refused.",
+        _resume,
+    )
+    resume.add_argument("run_id", metavar="RUN_ID", help="Dagster run id of the run to resume")
+    resume.add_argument(
+        "--from-step",
+        metavar="STEP",
+        help="re-run this step and every step after it, even if they finished (allowed on a succeeded run)",
+    )
+    resume.add_argument(
+        "--dry-run", action="store_true", help="print the run config, tags and plan; submit nothing"
+    )
+    resume.add_argument(
+        "--force", action="store_true", help="resume even what the policy skips or gives up on"
+    )
+    resume.add_argument("--policy", metavar="PATH", help=_POLICY_HELP)
+    resume.add_argument(
+        "-w",
+        "--workspace",
+        metavar="PATH",
+        default="workspace.yaml",
+        help="the deployment's workspace file (default ./workspace.yaml)",
+    )
+    resume.add_argument(
+        "--location",
+        metavar="NAME",
+        default="auto_resume",
+        help="its code location of auto_resume.definitions (default auto_resume)",
+    )
+    resume.add_argument(
+        "--json",
+        action="store_true",
+        help='print what explain --json prints, plus "resume": {"job_name", "run_config", "tags", '
+        '"notes", "dry_run", "run_id"}',
     )
 
 

@@ -7,7 +7,9 @@ stored in the instance, holds both the last failure event read and the failures 
 (backoff, a time window, an in-flight cap, or an error on an earlier tick), each with the time
 to decide it again. So nothing is lost across daemon restarts, an error delays one failure
 without holding up the others, and the run key ``resume-of-<failed run id>`` makes the daemon
-create at most one resume per failure.
+create at most one resume per failure. A failure that already has a resume run (tagged
+``auto_resume/parent_run_id`` with its id, such as one started by ``auto-resume resume``) is
+skipped: it is answered.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def evaluate(
     gone = {p.storage_id for p in due} - {r.storage_id for r in again}
     tick.notes += [f"run {p.run_id} was deleted while waiting" for p in due if p.storage_id in gone]
     runs = _runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
-    load = _Load(instance, policy.max_resumes_in_flight)
+    load = InFlight(instance, policy.max_resumes_in_flight)
     for record, entry in work:
         _evaluate_one(instance, record, entry, runs.get(entry.run_id), by_job, jobs, policy, load, now, tick)
     if fresh:
@@ -208,7 +210,7 @@ def evaluate(
     return SensorResult(skip_reason=SkipReason(summary + waiting), cursor=cursor.dump())
 
 
-class _Load:
+class InFlight:
     """Resume runs queued or running, counted once per tick (only when a cap needs it)."""
 
     def __init__(self, instance: DagsterInstance, cap: int | None) -> None:
@@ -222,6 +224,7 @@ class _Load:
         return self._counts
 
     def situation(self, job: str, rules: EffectiveFlowSettings, now: float, seen_at: float) -> Situation:
+        """The moment and the load that :func:`decide` weighs for a failure of ``job``."""
         if self.cap is None and rules.max_resumes_in_flight is None:
             return Situation(now=now, first_seen_at=seen_at)
         counts = self.counts()
@@ -240,7 +243,7 @@ def _evaluate_one(
     by_job: Mapping[str, Deployment],
     jobs: Mapping[str, JobDefinition],
     policy: Policy,
-    load: _Load,
+    load: InFlight,
     now: float,
     tick: _Tick,
 ) -> None:
@@ -257,6 +260,13 @@ def _evaluate_one(
         tick.notes.append(f"run {run.run_id}: {deployment.job_name} is no longer in the policy")
         return
     try:
+        existing = resumes_of(instance, run.run_id)
+        if existing:
+            # Answered already, e.g. by `auto-resume resume`: a second resume would redo its work.
+            tick.notes.append(
+                f"run {run.run_id} ({run.job_name}): skip: already resumed by run {existing[0].run_id}"
+            )
+            return
         facts = failed_run_facts(instance, run, record.event_log_entry)
         decision = decide(facts, rules, load.situation(deployment.job_name, rules, now, entry.seen_at))
         request = None
@@ -325,16 +335,33 @@ def _resume_request(
         run_key=f"resume-of-{facts.run_id}",
         job_name=deployment.resume_job_name,
         run_config=run_config,
-        tags={
-            **rules.tags,
-            tags.ROOT_RUN_ID: decision.root_run_id,
-            tags.PARENT_RUN_ID: facts.run_id,
-            tags.ORIGIN_METAFLOW_RUN_ID: facts.metaflow_run_id,
-            tags.ATTEMPT: str(decision.attempt),
-            tags.SOURCE_JOB: deployment.job_name,
-            tags.PARENT_FAILURE: failure_signature(facts.step_name, facts.exception_class, facts.message),
-        },
+        tags=resume_tags(deployment, facts, decision, rules),
     )
+
+
+def resume_tags(
+    deployment: Deployment, facts: FailedRun, decision: Decision, rules: EffectiveFlowSettings
+) -> dict[str, str]:
+    """The tags of the run that resumes ``facts`` (the policy's ``tags``, then auto-resume's)."""
+    assert facts.metaflow_run_id is not None
+    return {
+        **rules.tags,
+        tags.ROOT_RUN_ID: decision.root_run_id,
+        tags.PARENT_RUN_ID: facts.run_id,
+        tags.ORIGIN_METAFLOW_RUN_ID: facts.metaflow_run_id,
+        tags.ATTEMPT: str(decision.attempt),
+        tags.SOURCE_JOB: deployment.job_name,
+        tags.PARENT_FAILURE: failure_signature(facts.step_name, facts.exception_class, facts.message),
+    }
+
+
+def resumes_of(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
+    """The resume runs answering ``run_id`` (tagged ``auto_resume/parent_run_id``), oldest first.
+
+    The sensor's or a manual one (``auto-resume resume``): either way the failure is answered.
+    """
+    # get_runs lists the newest first.
+    return list(reversed(instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: run_id}))))
 
 
 def _first_tick(instance: DagsterInstance) -> SensorResult:

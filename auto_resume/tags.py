@@ -11,6 +11,7 @@
 | ``auto_resume/gave_up`` | failed runs | why auto-resume will not resume this run, in words |
 | ``auto_resume/observed`` | failed runs | observe mode: what auto-resume would have done, in words |
 | ``auto_resume/opt_out`` | any run | ``true``: auto-resume leaves the run alone |
+| ``auto_resume/manual`` | resume runs | ``true``: by ``auto-resume resume``; ``forced``: with ``--force`` |
 """
 
 PREFIX = "auto_resume/"
@@ -23,6 +24,7 @@ PARENT_FAILURE = PREFIX + "parent_failure"
 GAVE_UP = PREFIX + "gave_up"
 OBSERVED = PREFIX + "observed"
 OPT_OUT = PREFIX + "opt_out"
+MANUAL = PREFIX + "manual"
 
 # Set by Dagster on a failed run that its own run retries will launch again.
 DAGSTER_WILL_RETRY = "dagster/will_retry"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pytest
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultSensorStatus,
     JobDefinition,
     RunRequest,
@@ -151,6 +154,26 @@ def test_unwatched_job_is_ignored_and_passed(ticker: Sensor) -> None:
     assert requests(result) == []
     assert ticker.pending() == []
     assert json.loads(ticker.cursor or "")["after"] > 0
+
+
+def test_failure_already_resumed_is_skipped(ticker: Sensor, instance: DagsterInstance) -> None:
+    # A resume already answers this failure (here a manual one, running): a second would redo it.
+    run_id = create_failed_run(instance, "LinearFlow")
+    resume = instance.add_run(
+        DagsterRun(
+            job_name="LinearFlow_resume",
+            run_id=str(uuid.uuid4()),
+            tags={tags.PARENT_RUN_ID: run_id, tags.MANUAL: "true"},
+            status=DagsterRunStatus.STARTED,
+        )
+    )
+    result = ticker.tick()
+    assert requests(result) == []
+    assert ticker.pending() == []
+    assert result.skip_reason is not None
+    assert f"run {run_id} (LinearFlow): skip: already resumed by run {resume.run_id}" in (
+        result.skip_reason.skip_message or ""
+    )
 
 
 def test_backoff_wait_lives_in_the_cursor(ticker: Sensor, instance: DagsterInstance, watched) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,492 @@
+"""Tests for ``auto-resume explain`` and ``auto-resume resume`` (auto_resume.operator, cli).
+
+Everything is real except the Dagster run workers: a SQLite instance in a temporary DAGSTER_HOME
+with the QueuedRunCoordinator of the repo's dagster.yaml; a LinearFlow Metaflow run made by
+Metaflow's own runtime (``python linear_flow.py run``, its ``process`` step fails) in the
+examples' datastore; Dagster runs named like the flow's job, executed in-process, that log the
+metaflow-dagster command line naming that Metaflow run and fail or succeed. ``resume`` submits
+to the instance's queue through the real ``auto_resume`` code location (no daemon runs here, so
+the run stays QUEUED); the sensor is then ticked against the same instance.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    Failure,
+    OpExecutionContext,
+    build_sensor_context,
+    job,
+    op,
+)
+
+from auto_resume import tags
+from auto_resume.cli import main
+from auto_resume.deployment import read_deployment
+from auto_resume.metaflow_access import FlowShape, OriginTask, StepShape, TaskOutcome, load_flow_shape
+from auto_resume.operator import preview_plan
+from auto_resume.resume_job import build_resume_job
+from auto_resume.sensor import evaluate
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GENERATED = REPO_ROOT / "examples" / "generated"
+LINEAR_DEFS = GENERATED / "linear_flow_dagster.py"
+
+
+@op(config_schema={"metaflow_run_id": str, "fail": bool})
+def op_process(context: OpExecutionContext) -> None:
+    """What a metaflow-dagster op logs before running its step; then fails or succeeds."""
+    run_id = context.op_config["metaflow_run_id"]
+    context.log.info(f"$ python linear_flow.py --quiet step process --run-id {run_id} --task-id 1")
+    if context.op_config["fail"]:
+        raise Failure(
+            description=(
+                "Command failed (exit 1):\nTraceback (most recent call last):\n"
+                '  File "linear_flow.py", line 20, in process\n    raise RuntimeError()\n'
+                "RuntimeError: injected failure in process\n"
+            )
+        )
+
+
+@job(name="LinearFlow")
+def linear_flow() -> None:
+    op_process()
+
+
+@job(name="OtherFlow")
+def other_flow() -> None:
+    op_process()
+
+
+@pytest.fixture(scope="module")
+def metaflow_run(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A failed LinearFlow run in the examples' datastore: start finished, process failed."""
+    base = tmp_path_factory.mktemp("metaflow")
+    env = {**os.environ, "METAFLOW_USER": "tester", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(REPO_ROOT)}
+    deployment = read_deployment(LINEAR_DEFS)
+    command = [
+        sys.executable,
+        str(deployment.flow_file),
+        *deployment.top_args,
+        "run",
+        f"--run-id-file={base / 'run-id'}",
+        f"--workdir={base / 'work'}",
+        "--fail_at=process",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode != 0, "the injected failure did not fail the Metaflow run"
+    return (base / "run-id").read_text().strip()
+
+
+def _write_policy(path: Path, settings: str = "") -> Path:
+    path.write_text(f"version: 1\n{settings}flows:\n  - definitions_file: {LINEAR_DEFS}\n")
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DagsterInstance]:
+    """DAGSTER_HOME with SQLite storage and the repo's QueuedRunCoordinator; a policy for it."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: QueuedRunCoordinator\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    monkeypatch.setenv("AUTO_RESUME_POLICY", str(_write_policy(tmp_path / "policy.yaml")))
+    monkeypatch.setenv("METAFLOW_USER", "tester")
+    instance = DagsterInstance.get()
+    yield instance
+    instance.dispose()
+
+
+def _run(
+    instance: DagsterInstance,
+    metaflow_run_id: str,
+    fail: bool = True,
+    job_def: Any = linear_flow,
+    **run_tags: str,
+) -> str:
+    result = job_def.execute_in_process(
+        run_config={"ops": {"op_process": {"config": {"metaflow_run_id": metaflow_run_id, "fail": fail}}}},
+        instance=instance,
+        tags=run_tags,
+        raise_on_error=False,
+    )
+    return str(result.run_id)
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    """Exit status and the JSON document printed (``--json`` is added)."""
+    status = main([*argv, "--json"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("command", ["explain", "resume"])
+@pytest.mark.parametrize(
+    ("run_id", "message"),
+    [
+        ("not a run id!", "is not a Dagster run id"),  # spaces, punctuation: refused before any query
+        ("--force", "is not a Dagster run id"),  # option-like
+        ("1b4e28ba-2fa1-11d2-883f-0016d3cca427", "no run 1b4e28ba-2fa1-11d2-883f-0016d3cca427 in this"),
+    ],
+)
+def test_bad_or_unknown_run_id_exits_1(
+    home: DagsterInstance, capsys: pytest.CaptureFixture[str], command: str, run_id: str, message: str
+) -> None:
+    status = main([command, "--json", "--", run_id])
+    document = json.loads(capsys.readouterr().out)
+    assert status == 1
+    assert list(document) == ["error"]
+    assert message in document["error"]
+
+
+@pytest.mark.parametrize("command", ["explain", "resume"])
+def test_run_of_a_job_not_in_the_policy_exits_1(
+    home: DagsterInstance, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    run_id = _run(home, "dagster-0123456789ab", job_def=other_flow)
+    status, document = _cli(capsys, command, run_id)
+    assert status == 1
+    assert "a run of OtherFlow, which is not in the policy" in document["error"]
+    assert "LinearFlow" in document["error"]  # the jobs that are in it
+
+
+@pytest.mark.parametrize("command", ["explain", "resume"])
+def test_run_still_going_exits_1(
+    home: DagsterInstance, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    run = home.add_run(DagsterRun(job_name="LinearFlow", run_id="a" * 8, status=DagsterRunStatus.STARTED))
+    status, document = _cli(capsys, command, run.run_id)
+    assert status == 1
+    assert document["error"].startswith(f"run {run.run_id} (LinearFlow) is still going (status STARTED)")
+
+
+def test_explain_json_shows_decision_and_plan(
+    home: DagsterInstance, metaflow_run: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = _run(home, metaflow_run)
+    status, document = _cli(capsys, "explain", run_id)
+    assert status == 0
+    assert document["run_id"] == run_id
+    assert (document["job_name"], document["status"]) == ("LinearFlow", "FAILURE")
+    assert document["metaflow_run_id"] == metaflow_run
+    assert document["failure"] == {
+        "reason": "step_failure",
+        "step": "process",
+        "exception": "RuntimeError",
+        "message": "injected failure in process",
+    }
+    assert document["decision"] == {
+        "action": "resume",
+        "reason": f"resume {metaflow_run} (attempt 1 of 2)",
+        "attempt": 1,
+        "root_run_id": run_id,
+        "due_at": None,
+        "error_rule": None,
+    }
+    assert document["resumes"] == []
+    assert document["plan_error"] is None
+    plan = document["plan"]
+    assert (plan["origin_metaflow_run_id"], plan["tasks_cloned"], plan["tasks_executed"]) == (
+        metaflow_run,
+        1,
+        2,
+    )
+    assert [(t["step"], t["action"], t["why"]) for t in plan["tasks"]] == [
+        ("start", "clone", "finished in the origin run"),
+        ("process", "run", "failed in the origin run"),
+        ("end", "run", "did not run in the origin run"),
+    ]
+    assert plan["tasks"][0]["origin"].startswith(f"{metaflow_run}/start/")
+    assert plan["steps"] == [
+        {"step": "start", "cloned": 1, "executed": 0},
+        {"step": "process", "cloned": 0, "executed": 1},
+        {"step": "end", "cloned": 0, "executed": 1},
+    ]
+
+    assert main(["explain", run_id]) == 0
+    text = capsys.readouterr().out
+    assert f"decision: resume: resume {metaflow_run} (attempt 1 of 2)" in text
+    assert "1 task(s) cloned, 2 executed" in text
+    assert "    clone  start/" in text
+
+
+@pytest.mark.parametrize(
+    ("settings", "action", "reason", "rule"),
+    [
+        # an error rule that never resumes this exception: give up, rule 0 named
+        (
+            "defaults:\n  errors:\n    - {exception: RuntimeError, action: never}\n",
+            "give_up",
+            "error rule errors[0] says never resume",
+            0,
+        ),
+        # a rule for another exception does not match; the next rule does
+        (
+            "defaults:\n  errors:\n"
+            "    - {exception: KeyError, action: never}\n    - {step: proc*, action: resume}\n",
+            "resume",
+            "(attempt 1 of 2)",
+            1,
+        ),
+        # backoff: the first resume is due an hour after the failure
+        ("defaults:\n  backoff: {initial_seconds: 3600}\n", "wait", "backoff: attempt 1 is due at", None),
+        # the flow switched off
+        ("defaults:\n  enabled: false\n", "skip", "auto-resume is disabled for LinearFlow", None),
+    ],
+)
+def test_explain_names_the_check_that_decided(
+    home: DagsterInstance,
+    metaflow_run: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    settings: str,
+    action: str,
+    reason: str,
+    rule: int | None,
+) -> None:
+    policy = _write_policy(tmp_path / "other-policy.yaml", settings)
+    run_id = _run(home, metaflow_run)
+    status, document = _cli(capsys, "explain", run_id, "--policy", str(policy))
+    assert status == 0
+    assert document["policy"] == str(policy)
+    assert document["decision"]["action"] == action
+    assert reason in document["decision"]["reason"]
+    assert document["decision"]["error_rule"] == rule
+    assert document["plan"]["tasks_cloned"] == 1  # the plan does not depend on the decision
+
+
+def test_explain_without_a_metaflow_datastore_run_still_decides(
+    home: DagsterInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = _run(home, "dagster-0123456789ab")  # logged, but not in the datastore
+    status, document = _cli(capsys, "explain", run_id)
+    assert status == 0
+    assert document["decision"]["action"] == "resume"
+    assert document["plan"] is None
+    assert "LinearFlow/dagster-0123456789ab has no finished _parameters task" in document["plan_error"]
+    status, document = _cli(capsys, "resume", run_id, "--dry-run")
+    assert status == 1
+    assert document["error"].startswith(f"cannot resume run {run_id}: LinearFlow/dagster-0123456789ab has no")
+
+
+@pytest.mark.parametrize(
+    ("run_tags", "settings", "refusal"),
+    [
+        ({tags.OPT_OUT: "true"}, "", "(skip): run {run} is tagged auto_resume/opt_out=true"),
+        (
+            {},
+            "defaults:\n  errors:\n    - {exception: Runtime*, action: never}\n",
+            "(give_up): error rule errors[0] says never",
+        ),
+        # attempt 2 of a lineage whose max_attempts is 2: spent
+        (
+            {tags.ATTEMPT: "2", tags.ROOT_RUN_ID: "r00t"},
+            "",
+            "(give_up): max_attempts (2) spent for the failure of run r00t",
+        ),
+    ],
+)
+def test_resume_refuses_what_the_policy_forbids_unless_forced(
+    home: DagsterInstance,
+    metaflow_run: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    run_tags: dict[str, str],
+    settings: str,
+    refusal: str,
+) -> None:
+    policy = str(_write_policy(tmp_path / "p.yaml", settings))
+    run_id = _run(home, metaflow_run, **run_tags)
+    status, document = _cli(capsys, "resume", run_id, "--dry-run", "--policy", policy)
+    assert status == 1
+    assert f"the policy refuses to resume run {run_id} {refusal.format(run=run_id)}" in document["error"]
+    assert document["error"].endswith("; pass --force to resume it anyway")
+
+    status, document = _cli(capsys, "resume", run_id, "--dry-run", "--force", "--policy", policy)
+    assert status == 0
+    resume = document["resume"]
+    assert resume["dry_run"] is True and resume["run_id"] is None
+    assert resume["tags"][tags.MANUAL] == "forced"
+    assert resume["notes"][0].startswith("--force overrides the policy's")
+    expected_attempt = int(run_tags.get(tags.ATTEMPT, "0")) + 1
+    assert resume["tags"][tags.ATTEMPT] == str(expected_attempt)
+    assert resume["tags"][tags.ROOT_RUN_ID] == run_tags.get(tags.ROOT_RUN_ID, run_id)
+    assert home.get_runs_count() == 1  # a dry run submits nothing
+
+
+def test_resume_overrides_a_wait_and_says_so(
+    home: DagsterInstance, metaflow_run: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = str(_write_policy(tmp_path / "p.yaml", "defaults:\n  backoff: {initial_seconds: 3600}\n"))
+    run_id = _run(home, metaflow_run)
+    status, document = _cli(capsys, "resume", run_id, "--dry-run", "--policy", policy)
+    assert status == 0
+    assert document["decision"]["action"] == "wait"
+    [note] = document["resume"]["notes"]
+    assert note.startswith("a manual resume does not wait: the sensor would wait (backoff: attempt 1")
+    assert document["resume"]["tags"][tags.MANUAL] == "true"
+
+
+def test_succeeded_run_needs_from_step(
+    home: DagsterInstance, metaflow_run: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = _run(home, metaflow_run, fail=False)
+    status, document = _cli(capsys, "resume", run_id, "--dry-run")
+    assert status == 1
+    assert document["error"].startswith(
+        f"run {run_id} succeeded: there is nothing to resume; pass --from-step"
+    )
+    status, document = _cli(capsys, "resume", run_id, "--dry-run", "--from-step", "nosuchstep")
+    assert status == 1
+    assert (
+        document["error"]
+        == "from_step 'nosuchstep' is not a step of LinearFlow; choose one of: start, process, end"
+    )
+
+    status, document = _cli(capsys, "resume", run_id, "--dry-run", "--from-step", "start")
+    assert status == 0
+    resume = document["resume"]
+    assert resume["run_config"] == {
+        "ops": {
+            "LinearFlow_resume__origin": {"config": {"origin_run_id": metaflow_run, "from_step": "start"}}
+        }
+    }
+    assert tags.PARENT_FAILURE not in resume["tags"]  # nothing failed
+    # From start on, everything runs again: nothing is cloned.
+    assert (document["plan"]["tasks_cloned"], document["plan"]["tasks_executed"]) == (0, 3)
+    assert document["plan"]["tasks"][0]["why"] == "at or after --from-step"
+
+
+def test_resume_submits_to_the_queue_and_the_sensor_leaves_the_failure_alone(
+    home: DagsterInstance, metaflow_run: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = _run(home, metaflow_run)
+    policy = Path(os.environ["AUTO_RESUME_POLICY"])
+    deployment = read_deployment(LINEAR_DEFS)
+    resume_job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
+    by_job = {deployment.job_name: deployment, deployment.resume_job_name: deployment}
+    # The sensor's cursor placed before the failure, so its next tick reads it.
+    cursor = json.dumps({"after": 0, "pending": []})
+
+    status, document = _cli(capsys, "resume", run_id, "-w", str(REPO_ROOT / "workspace.yaml"))
+    assert status == 0, document
+    submitted = document["resume"]["run_id"]
+    run = home.get_run_by_id(submitted)
+    assert run is not None
+    assert run.status == DagsterRunStatus.QUEUED  # the coordinator queued it; the daemon would launch it
+    assert run.job_name == "LinearFlow_resume"
+    assert run.run_config == {
+        "ops": {"LinearFlow_resume__origin": {"config": {"origin_run_id": metaflow_run}}}
+    }
+    expected = {
+        tags.ROOT_RUN_ID: run_id,
+        tags.PARENT_RUN_ID: run_id,
+        tags.ORIGIN_METAFLOW_RUN_ID: metaflow_run,
+        tags.ATTEMPT: "1",
+        tags.SOURCE_JOB: "LinearFlow",
+        tags.MANUAL: "true",
+    }
+    assert {key: run.tags[key] for key in expected} == expected
+    assert tags.PARENT_FAILURE in run.tags
+
+    # The sensor sees the failure afterwards: it must not resume it a second time.
+    context = build_sensor_context(instance=home, cursor=cursor)
+    result = evaluate(context, by_job, {resume_job.name: resume_job}, policy, now=time.time())
+    assert not result.run_requests
+    assert result.skip_reason is not None
+    assert f"run {run_id} (LinearFlow): skip: already resumed by run {submitted}" in (
+        result.skip_reason.skip_message or ""
+    )
+
+    # Nor does a second manual resume, unless forced.
+    status, document = _cli(capsys, "resume", run_id, "--dry-run")
+    assert status == 1
+    assert f"was already resumed by run {submitted} (QUEUED, manual)" in document["error"]
+    status, document = _cli(capsys, "explain", run_id)
+    assert document["decision"]["action"] == "skip"
+    assert document["resumes"] == [{"run_id": submitted, "status": "QUEUED", "manual": True}]
+
+
+def test_resume_with_a_workspace_without_the_location_exits_1(
+    home: DagsterInstance, metaflow_run: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = _run(home, metaflow_run)
+    status, document = _cli(capsys, "resume", run_id, "-w", str(tmp_path / "nope.yaml"))
+    assert (status, document["error"].split(":")[0]) == (
+        1,
+        f"workspace file {tmp_path / 'nope.yaml'} does not exist",
+    )
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_file:\n      relative_path: x.py\n      location_name: other\n"
+    )
+    status, document = _cli(capsys, "resume", run_id, "-w", str(workspace))
+    assert status == 1
+    assert f"workspace file {workspace} has no code location named 'auto_resume'" in document["error"]
+    assert home.get_runs_count() == 1
+
+
+def test_plan_of_a_foreach_clones_every_finished_item() -> None:
+    """The preview walks the flow as the resume job does: the failed item and what follows run."""
+    flow = FlowShape(
+        "ForeachFlow",
+        (
+            StepShape("start", "foreach", (), ("body",), False),
+            StepShape("body", "linear", ("start",), ("join",), False),
+            StepShape("join", "join", ("body",), ("end",), True),
+            StepShape("end", "end", ("join",), (), False),
+        ),
+    )
+
+    class Origin:
+        """The origin run's datastore as read by MetaflowRun: item 3 of body failed."""
+
+        def origin_tasks(self, run_id: str, step_name: str) -> dict[tuple[int, ...], OriginTask]:
+            if step_name == "_parameters":
+                return {(): OriginTask(f"{run_id}/_parameters/params", "params", True)}
+            if step_name == "start":
+                return {(): OriginTask(f"{run_id}/start/1", "1", True)}
+            if step_name == "body":
+                return {(i,): OriginTask(f"{run_id}/body/1-{i}", f"1-{i}", i != 3) for i in range(6)}
+            return {}
+
+        def task_outcome(self, pathspec: str, step_type: str) -> TaskOutcome:
+            return TaskOutcome(6 if step_type == "foreach" else None, None)
+
+    plan = preview_plan(Origin(), flow, "dagster-42eecc53e2dc")
+    assert [(t.step, t.task_id, t.action) for t in plan.tasks] == [
+        ("start", "1", "clone"),
+        *[("body", f"1-{i}", "run" if i == 3 else "clone") for i in range(6)],
+        ("join", "1", "run"),
+        ("end", "1", "run"),
+    ]
+    assert (plan.cloned, plan.executed, plan.unknown_after) == (6, 3, ())
+
+
+def test_help_usage_errors_and_text_refusals(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("explain", "resume"):
+        with pytest.raises(SystemExit) as exited:
+            main([name, "--help"])
+        assert exited.value.code == 0
+        assert "exit status:\n  0  success" in capsys.readouterr().out
+        with pytest.raises(SystemExit) as exited:
+            main([name])  # RUN_ID missing
+        assert exited.value.code == 2
+    capsys.readouterr()
+    # Without --json the refusal goes to stderr, prefixed with the command; stdout stays empty.
+    assert main(["resume", "x y"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("auto-resume resume: 'x y' is not a Dagster run id")
