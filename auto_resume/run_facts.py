@@ -17,8 +17,13 @@ from auto_resume.metaflow_access import run_id_from_command_line
 from auto_resume.resume_job import RUN_ID_LOG_PREFIX
 
 # Event records read per storage query while looking for the Metaflow run id. The id is logged
-# before the first Metaflow command runs, so the first page nearly always holds it.
-_PAGE_SIZE = 200
+# before the first Metaflow command runs (about the 10th event), so a small first page nearly
+# always holds it: on PostgreSQL a first page of 200 costs a sort of the whole run's events.
+_FIRST_PAGE_SIZE = 25
+_PAGE_SIZE = 500
+# Events searched at most: a run that logged no command line in its first events never started
+# a Metaflow step (it failed before, or is not a Metaflow job), however long its log.
+_MAX_EVENTS_SEARCHED = 5000
 # The last line of a Python traceback: "module.ClassName: message" (or a bare class name).
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$")
 _TRACEBACK = "Traceback (most recent call last):"
@@ -45,11 +50,14 @@ def metaflow_run_id(instance: DagsterInstance, run_id: str) -> str | None:
 
     metaflow-dagster ops log each command line (``$ python flow.py ... --run-id dagster-...``);
     auto-resume's resume jobs log ``auto-resume: metaflow_run_id=...``. Pages through the log and
-    stops at the first match instead of loading every event.
+    stops at the first match instead of loading every event; gives up after the first 5,000.
     """
     cursor = None
-    while True:
-        connection = instance.get_records_for_run(run_id, cursor=cursor, limit=_PAGE_SIZE)
+    searched = 0
+    while searched < _MAX_EVENTS_SEARCHED:
+        limit = _FIRST_PAGE_SIZE if cursor is None else _PAGE_SIZE
+        connection = instance.get_records_for_run(run_id, cursor=cursor, limit=limit)
+        searched += limit
         for record in connection.records:
             message = record.event_log_entry.user_message or ""
             if message.startswith(RUN_ID_LOG_PREFIX):
@@ -61,6 +69,7 @@ def metaflow_run_id(instance: DagsterInstance, run_id: str) -> str | None:
         if not connection.has_more:
             return None
         cursor = connection.cursor
+    return None
 
 
 def step_name_of(step_key: str) -> str:

@@ -124,3 +124,37 @@ def test_step_name_of() -> None:
     assert step_name_of("op_process") == "process"
     assert step_name_of("op_body[3]") == "body"
     assert step_name_of("LinearFlow_resume__step_join") == "join"
+
+
+def _log_lines(instance, run_id: str, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import time
+
+    for line in lines:
+        instance.handle_new_event(
+            EventLogEntry(
+                error_info=None,
+                level=logging.INFO,
+                user_message=line,
+                run_id=run_id,
+                timestamp=time.time(),
+                job_name="LinearFlow",
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("noise_before", "found"),
+    [(0, True), (30, True), (700, True), (5100, False)],
+    ids=["first-event", "second-page", "third-page", "beyond-the-search"],
+)
+def test_metaflow_run_id_pages_through_the_log(noise_before: int, found: bool) -> None:
+    from dagster import DagsterInstance
+
+    from auto_resume.run_facts import metaflow_run_id
+
+    instance = DagsterInstance.ephemeral()
+    run_id = "0b5f1c3e-1111-4222-8333-944445555666"
+    command = "$ python flow.py --quiet step start --run-id dagster-abc123 --task-id 1"
+    _log_lines(instance, run_id, [f"noise {i}" for i in range(noise_before)] + [command, "after"])
+    assert metaflow_run_id(instance, run_id) == ("dagster-abc123" if found else None)
