@@ -576,7 +576,8 @@ class MetaflowRun:
         Returns:
             An error message for each task id that could not be cloned (empty when all were).
         """
-        errors: dict[str, str] = {}
+        errors: dict[str, str] = self._missing_artifacts(clones, step_name)
+        clones = tuple(clone for clone in clones if clone[1] not in errors)
         if not clones:
             return errors
         with _METADATA_LOCK:  # shared by every task: made once, before the children start
@@ -602,19 +603,54 @@ class MetaflowRun:
                 self._clone_share_and_exit(share, run_id, step_name, write_end)
             os.close(write_end)
             children[pid] = (read_end, share)
-        for pid, (read_end, share) in children.items():
+        for pid, (read_end, cloned_share) in children.items():
             with os.fdopen(read_end, "rb") as reports:
                 report = reports.read()
             _, status = os.waitpid(pid, 0)
             done = json.loads(report) if report else {}
             code = os.waitstatus_to_exitcode(status)
-            for origin_pathspec, task_id in share:
+            for origin_pathspec, task_id in cloned_share:
                 if task_id in done.get("errors", {}):
                     errors[task_id] = done["errors"][task_id]
                 elif task_id not in done.get("cloned", ()):
                     errors[task_id] = (
                         f"cloning {origin_pathspec} failed: the cloning process exited with {code}"
                     )
+        return errors
+
+    def _missing_artifacts(self, clones: Sequence[tuple[str, str]], step_name: str) -> dict[str, str]:
+        """The clones whose origin task names an artifact the datastore no longer holds.
+
+        A clone copies the origin's artifact index, not the artifacts: a lost blob would only
+        surface later as an obscure error in whatever task reads it. One existence check per
+        distinct blob of the step, before anything is written.
+        """
+        ca_store = self.flow_datastore.ca_store
+        storage = ca_store._storage_impl
+        wanted: dict[str, list[tuple[str, str, str]]] = {}  # blob key -> (task id, origin, artifact)
+        for origin_pathspec, task_id in clones:
+            origin_run_id = origin_pathspec.split("/")[0]
+            task_set = self._origin_sets.get((origin_run_id, step_name))
+            origin = task_set.get_with_pathspec(origin_pathspec) if task_set is not None else None
+            if origin is None:
+                continue  # clone_task opens it and reports what it cannot read
+            for name, key in getattr(origin, "_objects", {}).items():
+                wanted.setdefault(key, []).append((task_id, origin_pathspec, name))
+        if not wanted:
+            return {}
+        keys = sorted(wanted)
+        paths = [storage.path_join(ca_store._prefix, key[:2], key) for key in keys]
+        errors: dict[str, str] = {}
+        for key, path, present in zip(keys, paths, storage.is_file(paths), strict=True):
+            if present:
+                continue
+            for task_id, origin_pathspec, name in wanted[key]:
+                errors.setdefault(
+                    task_id,
+                    f"artifact {name!r} of {self.deployment.flow_name}/{origin_pathspec} is missing from the "
+                    f"datastore ({storage.full_uri(path)}): the task cannot be cloned; resuming this run "
+                    f"executes {step_name} again",
+                )
         return errors
 
     def _clone_share_and_exit(
