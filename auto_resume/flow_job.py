@@ -26,17 +26,7 @@ from typing import Any
 from dagster import (
     Any as AnyType,
 )
-from dagster import (
-    Failure,
-    Field,
-    JobDefinition,
-    OpDefinition,
-    OpExecutionContext,
-    Out,
-    in_process_executor,
-    job,
-    op,
-)
+from dagster import Failure, Field, JobDefinition, OpDefinition, OpExecutionContext, Out, op
 
 from auto_resume.deployment import Deployment, StepOptions
 from auto_resume.metaflow_access import FlowFile, make_run_id
@@ -45,8 +35,7 @@ from auto_resume.resume_job import (
     RUN_ID_LOG_PREFIX,
     ResumeContext,
     access_for,
-    finish_op,
-    step_op,
+    build_step_job,
 )
 from auto_resume.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID
 
@@ -86,30 +75,16 @@ def flow_run_config(deployment: Deployment, parameters: dict[str, Any]) -> dict[
 
 def build_flow_job(deployment: Deployment, flow: FlowFile) -> JobDefinition:
     """Build the job that runs ``flow`` from its first step, named ``deployment.job_name``."""
-    shape = flow.shape
-    job_name = deployment.job_name
-    params = _params_op(deployment, flow)
-    step_ops = {step.name: step_op(job_name, deployment, shape, step) for step in shape.steps}
-    finish = finish_op(job_name, shape)
-
-    @job(
-        name=job_name,
-        description=(
-            f"Run Metaflow flow {shape.name} from {Path(deployment.flow_file).name}, one op per "
+    return build_step_job(
+        deployment.job_name,
+        (
+            f"Run Metaflow flow {flow.shape.name} from {Path(deployment.flow_file).name}, one op per "
             f"step (built by auto-resume from the policy's flow_file entry)."
         ),
-        executor_def=in_process_executor,
-        tags={"auto_resume/flow": shape.name},
+        deployment,
+        flow.shape,
+        _params_op(deployment, flow),
     )
-    def _flow_job() -> None:
-        context = params()
-        outputs: dict[str, Any] = {}
-        for step in shape.steps:
-            parents = {f"from_{p}": outputs[p] for p in step.in_funcs}
-            outputs[step.name] = step_ops[step.name](resume=context, **parents)
-        finish(resume=context, **{f"from_{name}": output for name, output in outputs.items()})
-
-    return _flow_job
 
 
 def _params_op(deployment: Deployment, flow: FlowFile) -> OpDefinition:

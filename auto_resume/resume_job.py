@@ -115,28 +115,43 @@ def build_resume_job(deployment: Deployment, flow: FlowShape) -> JobDefinition:
         flow: The flow graph.
     """
     job_name = deployment.resume_job_name
-    origin_op = _origin_op(job_name, deployment, flow)
-    step_ops = {step.name: step_op(job_name, deployment, flow, step) for step in flow.steps}
-    finish = finish_op(job_name, flow)
-
-    @job(
-        name=job_name,
-        description=(
+    return build_step_job(
+        job_name,
+        (
             f"Resume a failed run of {deployment.job_name} ({deployment.flow_name}): clone every "
             "task that completed in origin_run_id, execute the rest with its parameters."
         ),
+        deployment,
+        flow,
+        _origin_op(job_name, deployment, flow),
+    )
+
+
+def build_step_job(
+    job_name: str, description: str, deployment: Deployment, flow: FlowShape, first_op: OpDefinition
+) -> JobDefinition:
+    """A job of ``first_op`` (which makes the ResumeContext), one op per step, and the finish op.
+
+    The resume job and the job of a ``flow_file:`` entry differ only in their first op.
+    """
+    step_ops = {step.name: _step_op(job_name, deployment, flow, step) for step in flow.steps}
+    finish = _finish_op(job_name, flow)
+
+    @job(
+        name=job_name,
+        description=description,
         executor_def=in_process_executor,
         tags={"auto_resume/flow": deployment.flow_name},
     )
-    def _resume_job() -> None:
-        resume = origin_op()
+    def _step_job() -> None:
+        context = first_op()
         outputs: dict[str, Any] = {}
         for step in flow.steps:
             parents = {f"from_{p}": outputs[p] for p in step.in_funcs}
-            outputs[step.name] = step_ops[step.name](resume=resume, **parents)
-        finish(resume=resume, **{f"from_{name}": output for name, output in outputs.items()})
+            outputs[step.name] = step_ops[step.name](resume=context, **parents)
+        finish(resume=context, **{f"from_{name}": output for name, output in outputs.items()})
 
-    return _resume_job
+    return _step_job
 
 
 def origin_op_name(deployment: Deployment) -> str:
@@ -196,7 +211,7 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
     return _origin
 
 
-def step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepShape) -> OpDefinition:
+def _step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepShape) -> OpDefinition:
     """The op of one Metaflow step: clones or executes its tasks (see the module docstring)."""
     ins = {"resume": In(Any), **{f"from_{p}": In(Any) for p in step.in_funcs}}
 
@@ -209,7 +224,7 @@ def step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepSh
     return _step
 
 
-def finish_op(job_name: str, flow: FlowShape) -> OpDefinition:
+def _finish_op(job_name: str, flow: FlowShape) -> OpDefinition:
     """The last op: fails the run if any task failed."""
     ins = {"resume": In(Any), **{f"from_{s.name}": In(Any) for s in flow.steps}}
 

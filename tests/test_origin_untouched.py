@@ -9,7 +9,6 @@ the Metaflow client must still read the new run and its cloned tasks.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -20,9 +19,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from auto_resume.deployment import Deployment, read_deployment
+from auto_resume.deployment import Deployment
 from auto_resume.metaflow_access import load_flow_shape
 from auto_resume.resume_job import build_resume_job, resume_run_config
+from tests.linear_origin import failed_linear_origin, linear_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = "dagster-0a1b2c3d4e5f"
@@ -41,41 +41,13 @@ def checksums(directory: Path) -> dict[str, str]:
 def linear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Deployment:
     """The linear example deployed on a datastore in ``tmp_path``."""
     monkeypatch.setenv("METAFLOW_USER", os.environ.get("METAFLOW_USER", "tester"))
-    base = read_deployment(ROOT / "examples" / "generated" / "linear_flow_dagster.py")
-    top_args = tuple(
-        f"--datastore-root={tmp_path / '.metaflow'}" if arg.startswith("--datastore-root=") else arg
-        for arg in base.top_args
-    )
     monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(tmp_path))
-    return dataclasses.replace(
-        base, top_args=top_args, step_env={**base.step_env, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
-    )
-
-
-def _metaflow_dagster_origin(deployment: Deployment, workdir: Path) -> None:
-    """init, start and a failing process, as metaflow-dagster's ops run them."""
-    flow = [sys.executable, str(deployment.flow_file), *deployment.top_args]
-    env = {
-        **os.environ,
-        **deployment.step_env,
-        "METAFLOW_INIT_ALPHA": "42",
-        "METAFLOW_INIT_WORKDIR": str(workdir),
-        "METAFLOW_INIT_FAIL_AT": "process",
-    }
-    commands = [
-        ["init", f"--run-id={ORIGIN}", "--task-id=params"],
-        ["step", "start", f"--run-id={ORIGIN}", "--task-id=1", f"--input-paths={ORIGIN}/_parameters/params"],
-        ["step", "process", f"--run-id={ORIGIN}", "--task-id=1", f"--input-paths={ORIGIN}/start/1"],
-    ]
-    for index, command in enumerate(commands):
-        result = subprocess.run([*flow, *command], env=env, capture_output=True, text=True, check=False)
-        expected_failure = index == len(commands) - 1
-        assert (result.returncode != 0) == expected_failure, result.stderr[-2000:]
+    return linear_deployment(tmp_path)
 
 
 def test_resume_leaves_origin_byte_identical(linear: Deployment, tmp_path: Path) -> None:
     workdir = tmp_path / "counters"
-    _metaflow_dagster_origin(linear, workdir)
+    failed_linear_origin(linear, ORIGIN, workdir, alpha=42)
     flow_root = tmp_path / ".metaflow" / "LinearFlow"
     run_before = checksums(flow_root / ORIGIN)
     blobs_before = checksums(flow_root / "data")

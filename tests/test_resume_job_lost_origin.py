@@ -8,18 +8,16 @@ resume of that failed resume must execute ``start`` again and finish.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from auto_resume.deployment import Deployment, read_deployment
+from auto_resume.deployment import Deployment
 from auto_resume.metaflow_access import load_flow_shape, make_run_id
 from auto_resume.resume_job import build_resume_job, resume_run_config
+from tests.linear_origin import failed_linear_origin, linear_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = "dagster-1f2e3d4c5b6a"
@@ -29,33 +27,8 @@ ORIGIN = "dagster-1f2e3d4c5b6a"
 def linear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Deployment:
     """The linear example deployed on a datastore in ``tmp_path``."""
     monkeypatch.setenv("METAFLOW_USER", os.environ.get("METAFLOW_USER", "tester"))
-    base = read_deployment(ROOT / "examples" / "generated" / "linear_flow_dagster.py")
-    top_args = tuple(
-        f"--datastore-root={tmp_path / '.metaflow'}" if arg.startswith("--datastore-root=") else arg
-        for arg in base.top_args
-    )
     monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(tmp_path))
-    return dataclasses.replace(
-        base, top_args=top_args, step_env={**base.step_env, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
-    )
-
-
-def _failed_origin(deployment: Deployment, workdir: Path) -> None:
-    """init, start and a failing process, as metaflow-dagster's ops run them."""
-    flow = [sys.executable, str(deployment.flow_file), *deployment.top_args]
-    env = {
-        **os.environ,
-        **deployment.step_env,
-        "METAFLOW_INIT_WORKDIR": str(workdir),
-        "METAFLOW_INIT_FAIL_AT": "process",
-    }
-    commands = [
-        ["init", f"--run-id={ORIGIN}", "--task-id=params"],
-        ["step", "start", f"--run-id={ORIGIN}", "--task-id=1", f"--input-paths={ORIGIN}/_parameters/params"],
-        ["step", "process", f"--run-id={ORIGIN}", "--task-id=1", f"--input-paths={ORIGIN}/start/1"],
-    ]
-    for command in commands:
-        subprocess.run([*flow, *command], env=env, capture_output=True, text=True, check=False)
+    return linear_deployment(tmp_path)
 
 
 def _failure_descriptions(instance: DagsterInstance, run_id: str) -> list[str]:
@@ -72,7 +45,7 @@ def test_lost_task_index_fails_clearly_and_the_next_resume_reruns_the_step(
     linear: Deployment, tmp_path: Path
 ) -> None:
     workdir = tmp_path / "counters"
-    _failed_origin(linear, workdir)
+    failed_linear_origin(linear, ORIGIN, workdir)
     start_dir = tmp_path / ".metaflow" / "LinearFlow" / ORIGIN / "start"
     (start_dir / "1" / "0.data.json").unlink()
     job = build_resume_job(linear, load_flow_shape(linear.flow_file, linear.flow_name))
@@ -114,7 +87,7 @@ def test_lost_artifact_blob_fails_the_clone_naming_it_and_the_next_resume_reruns
     import json
 
     workdir = tmp_path / "counters"
-    _failed_origin(linear, workdir)
+    failed_linear_origin(linear, ORIGIN, workdir)
     flow_root = tmp_path / ".metaflow" / "LinearFlow"
     index = json.loads((flow_root / ORIGIN / "start" / "1" / "0.data.json").read_text())
     key = index["objects"]["value"]
