@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -167,6 +168,8 @@ class OriginWatch:
     def snapshot(self, flow_name: str, run_id: str) -> None:
         """Take the checksums of ``flow_name/run_id`` now, unless taken already."""
         key = (flow_name, run_id)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", run_id):
+            return  # not a Metaflow run id (the hostile-input test types such values by hand)
         with self._lock:
             if key in self._snapshots or not (ROOT / ".metaflow" / flow_name / run_id).is_dir():
                 return
