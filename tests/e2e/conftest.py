@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import database, deployment
+from tests.e2e.harness import VERIFIED_ORIGINS, database, deployment
 
 __all__ = ["database", "deployment"]
 
@@ -17,3 +17,11 @@ def origins_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
         watch = request.getfixturevalue("deployment").origins
         if watch is not None:
             watch.check()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many resumes were checked against their origin's checksums, in the summary."""
+    for verified in VERIFIED_ORIGINS:
+        terminalreporter.write_line(
+            f"origin watch: {verified} resume run(s) left their origin Metaflow run byte-identical"
+        )
