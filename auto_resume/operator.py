@@ -41,7 +41,14 @@ from auto_resume.metaflow_access import (
 )
 from auto_resume.policy import EffectiveFlowSettings, Policy, PolicyError, load_policy
 from auto_resume.resume_job import resume_run_config
-from auto_resume.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID, TaskRecord, instances_for, plan_step
+from auto_resume.resume_plan import (
+    PARAMETERS_STEP,
+    PARAMETERS_TASK_ID,
+    TaskRecord,
+    instances_for,
+    parameters_task,
+    plan_step,
+)
 from auto_resume.run_facts import failed_run_facts
 from auto_resume.sensor import InFlight, resume_tags, resumes_of
 
@@ -184,7 +191,9 @@ def explain_run(
     else:
         try:
             check_run_id(facts.metaflow_run_id)
-            plan = preview_plan(MetaflowRun(deployment), flow, facts.metaflow_run_id, from_step)
+            plan = preview_plan(
+                MetaflowRun(deployment), flow, facts.metaflow_run_id, from_step, deployment.job_name
+            )
         except MetaflowAccessError as exc:
             plan_error = str(exc)
     return Explanation(
@@ -266,7 +275,11 @@ def describe_run(run: DagsterRun) -> str:
 
 
 def preview_plan(
-    origin: OriginData, flow: FlowShape, origin_run_id: str, from_step: str | None = None
+    origin: OriginData,
+    flow: FlowShape,
+    origin_run_id: str,
+    from_step: str | None = None,
+    job_name: str = "the flow's job",
 ) -> ResumePlan:
     """Every task a resume of ``origin_run_id`` would clone or execute, step by step.
 
@@ -278,12 +291,7 @@ def preview_plan(
         MetaflowAccessError: The origin run has no finished ``_parameters`` task, or the
             datastore cannot be read.
     """
-    parameters = origin.origin_tasks(origin_run_id, PARAMETERS_STEP).get(())
-    if parameters is None or not parameters.ok:
-        raise MetaflowAccessError(
-            f"{flow.name}/{origin_run_id} has no finished _parameters task in the datastore: the "
-            "run is not there, or failed before Metaflow started; launch the flow's job again instead"
-        )
+    parameters_task(origin.origin_tasks(origin_run_id, PARAMETERS_STEP), flow.name, job_name, origin_run_id)
     rerun = flow.downstream_of(from_step) if from_step else frozenset()
     parameters_pathspec = f"{_NEW_RUN}/{PARAMETERS_STEP}/{PARAMETERS_TASK_ID}"
     finished: dict[str, list[TaskRecord]] = {}

@@ -57,6 +57,7 @@ from auto_resume.resume_plan import (
     TaskAction,
     TaskRecord,
     instances_for,
+    parameters_task,
     plan_step,
 )
 
@@ -181,17 +182,14 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
                 else frozenset()
             )
             access = _access(deployment)
-            parameters = access.origin_tasks(origin_run_id, PARAMETERS_STEP).get(())
+            parameters = parameters_task(
+                access.origin_tasks(origin_run_id, PARAMETERS_STEP),
+                deployment.flow_name,
+                deployment.job_name,
+                origin_run_id,
+            )
         except MetaflowAccessError as exc:
             raise Failure(description=str(exc)) from exc
-        if parameters is None or not parameters.ok:
-            raise Failure(
-                description=(
-                    f"{deployment.flow_name}/{origin_run_id} has no finished _parameters task "
-                    f"in the datastore: the run does not exist there, or failed before Metaflow "
-                    f"started. Launch {deployment.job_name} again instead of resuming it."
-                )
-            )
         run_id = make_run_id(context.run_id)
         context.log.info(f"{RUN_ID_LOG_PREFIX}{run_id} origin_run_id={origin_run_id}")
         access.register_run(run_id)

@@ -15,10 +15,29 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from auto_resume.metaflow_access import FlowShape, OriginTask, StepShape
+from auto_resume.metaflow_access import FlowShape, MetaflowAccessError, OriginTask, StepShape
 
 PARAMETERS_STEP = "_parameters"
 PARAMETERS_TASK_ID = "params"
+
+
+def parameters_task(
+    parameters: Mapping[tuple[int, ...], OriginTask], flow_name: str, job_name: str, run_id: str
+) -> OriginTask:
+    """The origin run's finished ``_parameters`` task, from its ``origin_tasks``.
+
+    Raises:
+        MetaflowAccessError: There is none: the run is not in the datastore, or failed before
+            Metaflow started it, and there is nothing to resume.
+    """
+    task = parameters.get(())
+    if task is None or not task.ok:
+        raise MetaflowAccessError(
+            f"{flow_name}/{run_id} has no finished _parameters task in the datastore: the run "
+            f"does not exist there, or failed before Metaflow started. Launch {job_name} again "
+            "instead of resuming it."
+        )
+    return task
 
 
 @dataclass(frozen=True)
