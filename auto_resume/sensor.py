@@ -194,9 +194,12 @@ def evaluate(
     gone = {p.storage_id for p in due} - {r.storage_id for r in again}
     tick.notes += [f"run {p.run_id} was deleted while waiting" for p in due if p.storage_id in gone]
     runs = _runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
+    answered = resumes_by_parent(instance, list(runs))
     load = InFlight(instance, policy.max_resumes_in_flight)
     for record, entry in work:
-        _evaluate_one(instance, record, entry, runs.get(entry.run_id), by_job, jobs, policy, load, now, tick)
+        run = runs.get(entry.run_id)
+        existing = answered.get(entry.run_id, [])
+        _evaluate_one(instance, record, entry, run, existing, by_job, jobs, policy, load, now, tick)
     if fresh:
         cursor.after = fresh[-1].storage_id
     cursor.pending = sorted(tick.pending, key=lambda p: p.storage_id)
@@ -240,6 +243,7 @@ def _evaluate_one(
     record: EventLogRecord,
     entry: Pending,
     run: DagsterRun | None,
+    existing: Sequence[DagsterRun],
     by_job: Mapping[str, Deployment],
     jobs: Mapping[str, JobDefinition],
     policy: Policy,
@@ -247,7 +251,10 @@ def _evaluate_one(
     now: float,
     tick: _Tick,
 ) -> None:
-    """Decide one failure and apply the decision to ``tick``; an error keeps it for a later tick."""
+    """Decide one failure and apply the decision to ``tick``; an error keeps it for a later tick.
+
+    ``existing`` are the resume runs already answering it (a manual one, say).
+    """
     if run is None:
         tick.notes.append(f"run {entry.run_id} was deleted before it could be handled")
         return
@@ -260,7 +267,6 @@ def _evaluate_one(
         tick.notes.append(f"run {run.run_id}: {deployment.job_name} is no longer in the policy")
         return
     try:
-        existing = resumes_of(instance, run.run_id)
         if existing:
             # Answered already, e.g. by `auto-resume resume`: a second resume would redo its work.
             tick.notes.append(
@@ -360,8 +366,18 @@ def resumes_of(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
 
     The sensor's or a manual one (``auto-resume resume``): either way the failure is answered.
     """
+    return resumes_by_parent(instance, [run_id]).get(run_id, [])
+
+
+def resumes_by_parent(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, list[DagsterRun]]:
+    """:func:`resumes_of` for many failed runs, in one query (a tick decides up to 200)."""
+    if not run_ids:
+        return {}
+    found: dict[str, list[DagsterRun]] = {}
     # get_runs lists the newest first.
-    return list(reversed(instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: run_id}))))
+    for resume in reversed(instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: list(run_ids)}))):
+        found.setdefault(resume.tags[tags.PARENT_RUN_ID], []).append(resume)
+    return found
 
 
 def _first_tick(instance: DagsterInstance) -> SensorResult:
