@@ -31,6 +31,7 @@ from tests.e2e.harness import (
     _psycopg2_dsn,
     _server_url,
     _wait_for_first_tick,
+    deployment_env,
     write_policy,
 )
 
@@ -103,14 +104,7 @@ class FaultyDeployment(SeparateDeployment):
         )
         policy_file = self.base / "policy.yaml"
         write_policy(policy_file)
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "DAGSTER_PG_URL": self.database,
-            "AUTO_RESUME_POLICY": str(policy_file),
-            "METAFLOW_USER": os.environ.get("METAFLOW_USER", "auto-resume"),
-            "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        env = deployment_env(home, self.database, policy_file)
         self.deployment = Deployment(
             home=home, env=env, policy_file=policy_file, log_file=self.base / "daemon.log"
         )

@@ -235,6 +235,18 @@ def _flow_name(run: DagsterRun) -> str:
     return run.tags.get("auto_resume/flow") or run.job_name.removesuffix("_resume")
 
 
+def deployment_env(home: Path, database: str, policy_file: Path) -> dict[str, str]:
+    """The environment of a deployment's daemon and of the commands run against it."""
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": database,
+        "AUTO_RESUME_POLICY": str(policy_file),
+        "METAFLOW_USER": os.environ.get("METAFLOW_USER", "auto-resume"),
+        "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
 def _server_url() -> str:
     return os.environ.get("AUTO_RESUME_TEST_PG_URL", DEFAULT_SERVER_URL)
 
@@ -285,14 +297,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
     policy_file = base / "policy.yaml"
     # Resumes wait a few seconds after a failure: OriginWatch takes the origin's checksums first.
     write_policy(policy_file, extra=ORIGIN_WATCH_BACKOFF)
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": database,
-        "AUTO_RESUME_POLICY": str(policy_file),
-        "METAFLOW_USER": os.environ.get("METAFLOW_USER", "auto-resume"),
-        "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = deployment_env(home, database, policy_file)
     log_file = base / "daemon.log"
     with log_file.open("w") as log:
         daemon = subprocess.Popen(
@@ -464,14 +469,7 @@ class SeparateDeployment:
         shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
         policy_file = self.base / "policy.yaml"
         write_policy(policy_file)
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "DAGSTER_PG_URL": self.database,
-            "AUTO_RESUME_POLICY": str(policy_file),
-            "METAFLOW_USER": os.environ.get("METAFLOW_USER", "auto-resume"),
-            "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        env = deployment_env(home, self.database, policy_file)
         self.deployment = Deployment(
             home=home, env=env, policy_file=policy_file, log_file=self.base / "daemon.log"
         )
