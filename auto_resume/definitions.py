@@ -4,7 +4,7 @@
 ``./policy.yaml`` (the location's working directory).
 """
 
-from auto_resume.code_location import build_definitions
+from auto_resume.dagster.code_location import build_definitions
 
 # Strict: with an invalid policy the location fails to load and the sensor's cursor waits in the
 # instance. (A salvaged location would watch a stale flow list until the next reload, and could

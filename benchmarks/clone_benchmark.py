@@ -59,7 +59,7 @@ def main() -> None:
     # An isolated datastore and metadata root: the repository's .metaflow stays untouched.
     os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(scratch)
 
-    from auto_resume.deployment import read_deployment
+    from auto_resume.metaflow.deployment import read_deployment
 
     base = read_deployment(DEFINITIONS)
     top_args = tuple(
@@ -217,7 +217,7 @@ def _metaflow(command: list[str], run_id_file: Path, env: dict[str, str], expect
 
 
 def _clone_cost(deployment, origin: str) -> float:  # type: ignore[no-untyped-def]
-    from auto_resume.metaflow_access import MetaflowRun
+    from auto_resume.metaflow.access import MetaflowRun
 
     access = MetaflowRun(deployment)
     target = f"clonebench{int(time.time())}"
@@ -232,8 +232,8 @@ def _clone_cost(deployment, origin: str) -> float:  # type: ignore[no-untyped-de
 def _resume_job(deployment, origin: str, profile: bool) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
     from dagster import DagsterInstance
 
-    from auto_resume.metaflow_access import load_flow_shape
-    from auto_resume.resume_job import build_resume_job, resume_run_config
+    from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
+    from auto_resume.metaflow.access import load_flow_shape
 
     job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
     instance = DagsterInstance.ephemeral()
@@ -264,7 +264,7 @@ def _resume_job(deployment, origin: str, profile: bool) -> tuple[float, list[str
 
 def _floor(deployment, origin: str, failed_item: int, width: int) -> float:  # type: ignore[no-untyped-def]
     """Run the failed item, the join and end into a scratch run: the work a resume cannot avoid."""
-    from auto_resume.metaflow_access import MetaflowRun
+    from auto_resume.metaflow.access import MetaflowRun
 
     access = MetaflowRun(deployment)
     run_id = f"floorbench{int(time.time())}"

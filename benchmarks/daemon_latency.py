@@ -94,7 +94,7 @@ def _failure_time(instance: object, run_id: str) -> float:
 def _latency(instance: object, failures: int, spacing: float) -> None:
     from dagster import RunsFilter
 
-    from auto_resume import tags
+    from auto_resume.dagster import tags
     from tests.e2e.harness import create_failed_run, sensor_ticks, wait_for_resume_of, wait_for_run
 
     phase_start = time.time()
@@ -140,7 +140,7 @@ def _write_burst(instance: object, count: int) -> tuple[set[str], float]:
 def _burst(instance: object, failed: set[str], written: float, restarted: float) -> None:
     from dagster import DagsterRunStatus, RunsFilter
 
-    from auto_resume import tags
+    from auto_resume.dagster import tags
     from tests.e2e.harness import sensor_ticks
 
     count = len(failed)

@@ -134,11 +134,11 @@ def main() -> None:
     from dagster import DagsterEventType, build_sensor_context
     from dagster._core.event_api import RunStatusChangeRecordsFilter
 
-    from auto_resume.deployment import read_deployment
-    from auto_resume.metaflow_access import load_flow_shape
-    from auto_resume.policy import load_policy
-    from auto_resume.resume_job import build_resume_job
-    from auto_resume.sensor import evaluate
+    from auto_resume.dagster.resume_job import build_resume_job
+    from auto_resume.dagster.sensor import evaluate
+    from auto_resume.metaflow.access import load_flow_shape
+    from auto_resume.metaflow.deployment import read_deployment
+    from auto_resume.policy.loading import load_policy
 
     deployment = read_deployment(ROOT / "examples" / "generated" / "linear_flow_dagster.py")
     job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
@@ -240,8 +240,8 @@ def _facts_times(
     instance: object, run_id: str, record: object, with_command: bool, rules: object, repeat: int
 ) -> list[float]:
     """Times of ``failed_run_facts`` + ``decide`` on one failed run (the sensor's per-failure work)."""
-    from auto_resume.decision import Situation, decide
-    from auto_resume.run_facts import failed_run_facts
+    from auto_resume.core.decision import Situation, decide
+    from auto_resume.dagster.run_facts import failed_run_facts
 
     run = instance.get_run_by_id(run_id)  # type: ignore[attr-defined]
     entry = record.event_log_entry  # type: ignore[attr-defined]

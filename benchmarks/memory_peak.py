@@ -63,15 +63,15 @@ def child(policy: Path, ticks: int) -> None:
     started = time.perf_counter()
     from dagster import DagsterInstance, build_sensor_context
 
-    import auto_resume.code_location
-    import auto_resume.sensor
+    import auto_resume.dagster.code_location
+    import auto_resume.dagster.sensor
 
     stage("import dagster + auto_resume", time.perf_counter() - started)
     started = time.perf_counter()
-    defs = auto_resume.code_location.build_definitions(policy)
+    defs = auto_resume.dagster.code_location.build_definitions(policy)
     jobs = len(list(defs.jobs or []))
     stage("build_definitions (code location loaded)", time.perf_counter() - started, f"{jobs} resume jobs")
-    sensor = defs.get_sensor_def(auto_resume.sensor.SENSOR_NAME)
+    sensor = defs.get_sensor_def(auto_resume.dagster.sensor.SENSOR_NAME)
     started = time.perf_counter()
     instance = DagsterInstance.get()
     runs = instance.get_runs_count()

@@ -73,11 +73,11 @@ def _run(scratch: Path, sleep: float) -> None:
     os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(scratch)
     os.environ["SLOW_FLOW_SLEEP"] = str(sleep)
     os.environ["SLOW_FLOW_FAIL_AT"] = FAILING_STEP
-    from auto_resume.code_location import build_definitions
-    from auto_resume.deployment import read_deployment
-    from auto_resume.metaflow_access import compile_definitions
-    from auto_resume.resume_job import resume_run_config
-    from auto_resume.run_facts import metaflow_run_id
+    from auto_resume.dagster.code_location import build_definitions
+    from auto_resume.dagster.resume_job import resume_run_config
+    from auto_resume.dagster.run_facts import metaflow_run_id
+    from auto_resume.metaflow.access import compile_definitions
+    from auto_resume.metaflow.deployment import read_deployment
 
     # The flow file is copied so that metaflow-dagster's resume writes its temporary
     # definitions file (beside the flow) into the scratch directory, not into the repo.

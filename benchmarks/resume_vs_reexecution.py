@@ -39,11 +39,11 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="auto-resume-bench-"))
     os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(scratch)
-    from auto_resume.code_location import build_definitions
-    from auto_resume.deployment import read_deployment
-    from auto_resume.metaflow_access import compile_definitions
-    from auto_resume.resume_job import resume_run_config
-    from auto_resume.run_facts import metaflow_run_id
+    from auto_resume.dagster.code_location import build_definitions
+    from auto_resume.dagster.resume_job import resume_run_config
+    from auto_resume.dagster.run_facts import metaflow_run_id
+    from auto_resume.metaflow.access import compile_definitions
+    from auto_resume.metaflow.deployment import read_deployment
 
     cases = [
         ("linear_flow", "LinearFlow", {"fail_at": "process"}, "process"),

@@ -33,10 +33,10 @@ def main() -> None:
     import psycopg2
     from dagster import DagsterInstance, build_sensor_context
 
-    from auto_resume.deployment import read_deployment
-    from auto_resume.metaflow_access import load_flow_shape
-    from auto_resume.resume_job import build_resume_job
-    from auto_resume.sensor import evaluate
+    from auto_resume.dagster.resume_job import build_resume_job
+    from auto_resume.dagster.sensor import evaluate
+    from auto_resume.metaflow.access import load_flow_shape
+    from auto_resume.metaflow.deployment import read_deployment
     from tests.e2e.harness import _psycopg2_dsn, _server_url, create_failed_run
 
     server = _server_url()

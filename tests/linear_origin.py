@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from auto_resume.deployment import Deployment, read_deployment
+from auto_resume.metaflow.deployment import Deployment, read_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for auto_resume.cli and auto_resume.history on a real local Dagster instance.
+"""Tests for auto_resume.cli.main and auto_resume.cli.history on a real local Dagster instance.
 
 The runs are real: tiny jobs executed in-process on a SQLite instance in a temporary
 DAGSTER_HOME, with the tags the sensor puts on resume runs and the log lines that metaflow-dagster
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, Failure, OpExecutionContext, job, op
 
-from auto_resume import tags
-from auto_resume.cli import build_parser, main
+from auto_resume.cli.main import build_parser, main
+from auto_resume.dagster import tags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"

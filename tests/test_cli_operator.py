@@ -1,4 +1,4 @@
-"""Tests for ``auto-resume explain`` and ``auto-resume resume`` (auto_resume.operator, cli).
+"""Tests for ``auto-resume explain`` and ``auto-resume resume`` (auto_resume.cli.operator, cli).
 
 Everything is real except the Dagster run workers: a SQLite instance in a temporary DAGSTER_HOME
 with the QueuedRunCoordinator of the repo's dagster.yaml; a LinearFlow Metaflow run made by
@@ -30,13 +30,14 @@ from dagster import (
     op,
 )
 
-from auto_resume import tags
-from auto_resume.cli import main
-from auto_resume.deployment import read_deployment
-from auto_resume.metaflow_access import FlowShape, OriginTask, StepShape, TaskOutcome, load_flow_shape
-from auto_resume.operator import preview_plan
-from auto_resume.resume_job import build_resume_job
-from auto_resume.sensor import evaluate
+from auto_resume.cli.main import main
+from auto_resume.cli.operator import preview_plan
+from auto_resume.core.flow_shape import FlowShape, OriginTask, StepShape, TaskOutcome
+from auto_resume.dagster import tags
+from auto_resume.dagster.resume_job import build_resume_job
+from auto_resume.dagster.sensor import evaluate
+from auto_resume.metaflow.access import load_flow_shape
+from auto_resume.metaflow.deployment import read_deployment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"

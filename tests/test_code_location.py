@@ -1,4 +1,4 @@
-"""Tests for auto_resume.code_location: the Definitions a policy produces, or why it cannot."""
+"""Tests for auto_resume.dagster.code_location: the Definitions a policy produces, or why it cannot."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from dagster import Definitions
 
-from auto_resume.code_location import build_definitions
-from auto_resume.metaflow_access import compile_definitions
-from auto_resume.policy import PolicyError
+from auto_resume.dagster.code_location import build_definitions
+from auto_resume.metaflow.access import compile_definitions
+from auto_resume.policy.loading import PolicyError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"

@@ -1,4 +1,4 @@
-"""Tests for auto_resume.decision: the truth table of `decide`."""
+"""Tests for auto_resume.core.decision: the truth table of `decide`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from auto_resume.decision import (
+from auto_resume.core.decision import (
     Action,
     FailedRun,
     FlowRules,
@@ -19,7 +19,7 @@ from auto_resume.decision import (
     normalise_message,
     window_open,
 )
-from auto_resume.policy_settings import Backoff, ErrorRule, Windows
+from auto_resume.policy.settings import Backoff, ErrorRule, Windows
 
 T0 = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC, a Thursday
 

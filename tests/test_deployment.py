@@ -1,4 +1,4 @@
-"""Tests for auto_resume.deployment: reading metaflow-dagster definitions files as text."""
+"""Tests for auto_resume.metaflow.deployment: reading metaflow-dagster definitions files as text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from auto_resume.deployment import DeploymentError, StepOptions, read_deployment
+from auto_resume.metaflow.deployment import DeploymentError, StepOptions, read_deployment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"

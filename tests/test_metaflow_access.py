@@ -1,4 +1,4 @@
-"""Tests for auto_resume.metaflow_access: run id checks and parsing, flow graphs."""
+"""Tests for auto_resume.metaflow.access: run id checks and parsing, flow graphs."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from auto_resume.metaflow_access import (
-    MetaflowAccessError,
-    check_run_id,
-    load_flow_shape,
-    make_run_id,
-    run_id_from_command_line,
-)
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.run_ids import check_run_id, make_run_id, run_id_from_command_line
+from auto_resume.metaflow.access import load_flow_shape
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLOWS = REPO_ROOT / "examples" / "flows"

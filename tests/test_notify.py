@@ -1,4 +1,4 @@
-"""Tests for auto_resume.notify: the on_give_up hook runs once, safely, and never raises."""
+"""Tests for auto_resume.dagster.notify: the on_give_up hook runs once, safely, and never raises."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from auto_resume.notify import call_give_up_hook, give_up_values
-from auto_resume.policy_settings import GiveUpHook
+from auto_resume.dagster.notify import call_give_up_hook, give_up_values
+from auto_resume.policy.settings import GiveUpHook
 
 VALUES = give_up_values("run-1", "LinearFlow", "max_attempts (2) spent", "root-1", 3)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from auto_resume.deployment import Deployment
-from auto_resume.metaflow_access import load_flow_shape
-from auto_resume.resume_job import build_resume_job, resume_run_config
+from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
+from auto_resume.metaflow.access import load_flow_shape
+from auto_resume.metaflow.deployment import Deployment
 from tests.linear_origin import failed_linear_origin, linear_deployment
 
 ROOT = Path(__file__).resolve().parents[1]

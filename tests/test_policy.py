@@ -1,4 +1,4 @@
-"""Tests for auto_resume.policy: loading, merging and error messages."""
+"""Tests for auto_resume.policy.loading: loading, merging and error messages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from auto_resume.policy import (
+from auto_resume.policy.loading import (
     EffectiveFlowSettings,
     FlowEntry,
     Policy,
@@ -480,7 +480,8 @@ def test_committed_schema_matches_models() -> None:
     committed = (REPO_ROOT / "policy.schema.json").read_text()
     expected = json.dumps(policy_json_schema(), indent=2) + "\n"
     assert committed == expected, (
-        "policy.schema.json is stale; regenerate it with `python -m auto_resume.policy > policy.schema.json`"
+        "policy.schema.json is stale; regenerate it with "
+        "`python -m auto_resume.policy.loading > policy.schema.json`"
     )
     schema = policy_json_schema()
     assert schema["$schema"].startswith("https://json-schema.org/")

@@ -1,4 +1,4 @@
-"""Tests for auto_resume.resume_plan: which tasks a resume run has, and which are cloned."""
+"""Tests for auto_resume.core.resume_plan: which tasks a resume run has, and which are cloned."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from auto_resume.metaflow_access import FlowShape, MetaflowAccessError, OriginTask, StepShape, load_flow_shape
-from auto_resume.resume_plan import TaskInstance, TaskRecord, instances_for, plan_step, task_id_for
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.flow_shape import FlowShape, OriginTask, StepShape
+from auto_resume.core.resume_plan import TaskInstance, TaskRecord, instances_for, plan_step, task_id_for
+from auto_resume.metaflow.access import load_flow_shape
 
 PARAMS = "new/_parameters/params"
 

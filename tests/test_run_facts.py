@@ -1,4 +1,4 @@
-"""Tests for auto_resume.run_facts: what failed, read from a run's failure event."""
+"""Tests for auto_resume.dagster.run_facts: what failed, read from a run's failure event."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.plan.objects import StepFailureData, UserFailureData
 from dagster_shared.error import SerializableErrorInfo
 
-from auto_resume.run_facts import FailureDetails, failure_details, step_name_of
+from auto_resume.dagster.run_facts import FailureDetails, failure_details, step_name_of
 
 STDERR = (
     'Traceback (most recent call last):\n  File "flow.py", line 9, in train\n    load()\n'
@@ -151,7 +151,7 @@ def _log_lines(instance, run_id: str, lines: list[str]) -> None:  # type: ignore
 def test_metaflow_run_id_pages_through_the_log(noise_before: int, found: bool) -> None:
     from dagster import DagsterInstance
 
-    from auto_resume.run_facts import metaflow_run_id
+    from auto_resume.dagster.run_facts import metaflow_run_id
 
     instance = DagsterInstance.ephemeral()
     run_id = "0b5f1c3e-1111-4222-8333-944445555666"

@@ -1,4 +1,4 @@
-"""Tests for auto_resume.sensor on a real DagsterInstance (SQLite, temporary).
+"""Tests for auto_resume.dagster.sensor on a real DagsterInstance (SQLite, temporary).
 
 Failed runs are real: one test executes a failing job named like the example flow in-process;
 the others create the run, its metaflow-dagster command line and its RUN_FAILURE event through
@@ -31,14 +31,14 @@ from dagster import (
     op,
 )
 
-from auto_resume import sensor as sensor_module
-from auto_resume import tags
-from auto_resume.decision import failure_signature
-from auto_resume.deployment import Deployment, read_deployment
-from auto_resume.metaflow_access import load_flow_shape
-from auto_resume.policy import PolicyError, load_policy
-from auto_resume.resume_job import build_resume_job
-from auto_resume.sensor import build_auto_resume_sensor, evaluate
+from auto_resume.core.decision import failure_signature
+from auto_resume.dagster import sensor as sensor_module
+from auto_resume.dagster import tags
+from auto_resume.dagster.resume_job import build_resume_job
+from auto_resume.dagster.sensor import build_auto_resume_sensor, evaluate
+from auto_resume.metaflow.access import load_flow_shape
+from auto_resume.metaflow.deployment import Deployment, read_deployment
+from auto_resume.policy.loading import PolicyError, load_policy
 from tests.e2e.harness import create_failed_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import psycopg2
 
-from auto_resume.deployment import read_deployment
+from auto_resume.metaflow.deployment import read_deployment
 from tests.e2e.harness import (
     ROOT,
     Deployment,

@@ -24,8 +24,8 @@ import psycopg2
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from auto_resume import tags
-from auto_resume.sensor import SENSOR_NAME
+from auto_resume.dagster import tags
+from auto_resume.dagster.sensor import SENSOR_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SERVER_URL = "postgresql+psycopg2://root@127.0.0.1:5432/postgres"
@@ -182,7 +182,7 @@ class OriginWatch:
             self._snapshots.setdefault(key, (taken_at, sums))
 
     def _poll(self) -> None:
-        from auto_resume.run_facts import metaflow_run_id
+        from auto_resume.dagster.run_facts import metaflow_run_id
 
         instance = self._deployment.instance()
         while not self._stop.wait(0.25):

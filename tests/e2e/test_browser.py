@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
 
-from auto_resume.sensor import SENSOR_NAME
+from auto_resume.dagster.sensor import SENSOR_NAME
 from tests.e2e.harness import ROOT, Deployment
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from dagster import DagsterRunStatus
 
-from auto_resume.run_facts import metaflow_run_id
+from auto_resume.dagster.run_facts import metaflow_run_id
 from tests.e2e.harness import ROOT, Deployment, wait_for_resume_of, wait_for_run
 
 pytestmark = pytest.mark.e2e

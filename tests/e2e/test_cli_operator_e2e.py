@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
 
-from auto_resume import tags
-from auto_resume.run_facts import metaflow_run_id
+from auto_resume.dagster import tags
+from auto_resume.dagster.run_facts import metaflow_run_id
 from tests.e2e.harness import FINISHED, ROOT, Deployment, counts, wait_for_run
 
 pytestmark = pytest.mark.e2e

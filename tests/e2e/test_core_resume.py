@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterRun, DagsterRunStatus
 
-from auto_resume import tags
-from auto_resume.run_facts import metaflow_run_id
+from auto_resume.dagster import tags
+from auto_resume.dagster.run_facts import metaflow_run_id
 from tests.e2e.harness import ROOT, Deployment, counts, wait_for_resume_of, wait_for_run
 
 pytestmark = pytest.mark.e2e

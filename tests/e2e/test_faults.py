@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from auto_resume import tags
-from auto_resume.run_facts import metaflow_run_id
+from auto_resume.dagster import tags
+from auto_resume.dagster.run_facts import metaflow_run_id
 from tests.e2e.faults_support import (
     FaultyDeployment,
     PrivatePostgres,

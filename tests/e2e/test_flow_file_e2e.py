@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterRunStatus
 
-from auto_resume import tags
-from auto_resume.flow_job import flow_run_config
-from auto_resume.metaflow_access import make_run_id
-from auto_resume.run_facts import metaflow_run_id
+from auto_resume.core.run_ids import make_run_id
+from auto_resume.dagster import tags
+from auto_resume.dagster.flow_job import flow_run_config
+from auto_resume.dagster.run_facts import metaflow_run_id
 from tests.e2e.harness import FLOW_FILE_JOB, ROOT, Deployment, counts, wait_for_resume_of, wait_for_run
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +53,7 @@ def flow_run_config_for_job(parameters: dict[str, object]) -> dict[str, object]:
 
 
 def test_run_config_helper_matches_the_job() -> None:
-    from auto_resume.deployment import Deployment as FlowDeployment
+    from auto_resume.metaflow.deployment import Deployment as FlowDeployment
 
     deployment = FlowDeployment(
         definitions_file=Path("x.py"),

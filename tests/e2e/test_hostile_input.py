@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterRunStatus
 
-from auto_resume import tags
-from auto_resume.metaflow_access import make_run_id
+from auto_resume.core.run_ids import make_run_id
+from auto_resume.dagster import tags
 from tests.e2e.harness import ROOT, Deployment, wait_for_run
 
 pytestmark = pytest.mark.e2e

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from auto_resume import tags
-from auto_resume.code_location import build_definitions
-from auto_resume.policy import PolicyError
-from auto_resume.run_facts import failure_details
+from auto_resume.dagster import tags
+from auto_resume.dagster.code_location import build_definitions
+from auto_resume.dagster.run_facts import failure_details
+from auto_resume.policy.loading import PolicyError
 from tests.e2e.harness import (
     Deployment,
     SeparateDeployment,

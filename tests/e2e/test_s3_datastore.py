@@ -26,8 +26,8 @@ from typing import Any
 import boto3
 import pytest
 
-from auto_resume.deployment import read_deployment
-from auto_resume.metaflow_access import make_run_id
+from auto_resume.core.run_ids import make_run_id
+from auto_resume.metaflow.deployment import read_deployment
 
 pytestmark = pytest.mark.e2e
 
@@ -257,8 +257,8 @@ def _run_resume(definitions: str, origin_run: str) -> dict[str, Any]:
     """Execute auto-resume's companion job for the definitions file in-process."""
     from dagster import DagsterInstance
 
-    from auto_resume.metaflow_access import load_flow_shape
-    from auto_resume.resume_job import build_resume_job, resume_run_config
+    from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
+    from auto_resume.metaflow.access import load_flow_shape
 
     deployment = read_deployment(Path(definitions))
     job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))

@@ -28,16 +28,17 @@ from dagster import (
 )
 from dagster import Failure, Field, JobDefinition, OpDefinition, OpExecutionContext, Out, op
 
-from auto_resume.deployment import Deployment, StepOptions
-from auto_resume.metaflow_access import FlowFile, make_run_id
-from auto_resume.resume_job import (
+from auto_resume.core.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID
+from auto_resume.core.run_ids import make_run_id
+from auto_resume.dagster.naming import RUN_ID_LOG_PREFIX
+from auto_resume.dagster.resume_job import (
     DEFAULT_MAX_PARALLEL_TASKS,
-    RUN_ID_LOG_PREFIX,
     ResumeContext,
     access_for,
     build_step_job,
 )
-from auto_resume.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID
+from auto_resume.metaflow.access import FlowFile
+from auto_resume.metaflow.deployment import Deployment, StepOptions
 
 _STDERR_TAIL = 3000
 

@@ -41,17 +41,9 @@ from dagster import (
     op,
 )
 
-from auto_resume.deployment import Deployment
-from auto_resume.metaflow_access import (
-    FlowShape,
-    MetaflowAccessError,
-    MetaflowRun,
-    StepShape,
-    check_run_id,
-    check_step_name,
-    make_run_id,
-)
-from auto_resume.resume_plan import (
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.flow_shape import FlowShape, StepShape, check_step_name
+from auto_resume.core.resume_plan import (
     PARAMETERS_STEP,
     PARAMETERS_TASK_ID,
     TaskAction,
@@ -60,8 +52,12 @@ from auto_resume.resume_plan import (
     parameters_task,
     plan_step,
 )
+from auto_resume.core.run_ids import check_run_id, make_run_id
+from auto_resume.dagster import tags
+from auto_resume.dagster.naming import RUN_ID_LOG_PREFIX, finish_op_name
+from auto_resume.metaflow.access import MetaflowRun
+from auto_resume.metaflow.deployment import Deployment
 
-RUN_ID_LOG_PREFIX = "auto-resume: metaflow_run_id="
 DEFAULT_MAX_PARALLEL_TASKS = 4
 # Processes cloning the tasks of a wide step (see MetaflowRun.clone_tasks).
 CLONE_PROCESSES = max(1, min(4, os.cpu_count() or 1))
@@ -142,7 +138,7 @@ def build_step_job(
         name=job_name,
         description=description,
         executor_def=in_process_executor,
-        tags={"auto_resume/flow": deployment.flow_name},
+        tags={tags.FLOW: deployment.flow_name},
     )
     def _step_job() -> None:
         context = first_op()
@@ -226,7 +222,7 @@ def _finish_op(job_name: str, flow: FlowShape) -> OpDefinition:
     """The last op: fails the run if any task failed."""
     ins = {"resume": In(Any), **{f"from_{s.name}": In(Any) for s in flow.steps}}
 
-    @op(name=f"{job_name}__finish", ins=ins)
+    @op(name=finish_op_name(job_name), ins=ins)
     def _finish(context: OpExecutionContext, resume: ResumeContext, **steps: StepOutcome) -> None:
         failures = [message for outcome in steps.values() for message in outcome.failures]
         if failures:

@@ -1,6 +1,6 @@
 """Builds the auto-resume code location from a policy: one resume job per flow, one sensor.
 
-A ``flow_file:`` entry also gets its flow's own job here (``auto_resume.flow_job``).
+A ``flow_file:`` entry also gets its flow's own job here (``auto_resume.dagster.flow_job``).
 """
 
 from dataclasses import dataclass
@@ -8,18 +8,20 @@ from pathlib import Path
 
 from dagster import Definitions, JobDefinition
 
-from auto_resume.deployment import Deployment, DeploymentError, read_deployment
-from auto_resume.flow_job import build_flow_job, flow_file_deployment
-from auto_resume.metaflow_access import (
-    FlowFile,
-    FlowShape,
-    MetaflowAccessError,
-    load_flow_file,
-    load_flow_shape,
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.flow_shape import FlowShape
+from auto_resume.dagster.flow_job import build_flow_job, flow_file_deployment
+from auto_resume.dagster.resume_job import build_resume_job
+from auto_resume.dagster.sensor import build_auto_resume_sensor
+from auto_resume.metaflow.access import FlowFile, load_flow_file, load_flow_shape
+from auto_resume.metaflow.deployment import Deployment, DeploymentError, read_deployment
+from auto_resume.policy.loading import (
+    FlowEntry,
+    PolicyError,
+    default_policy_path,
+    load_policy,
+    salvage_policy,
 )
-from auto_resume.policy import FlowEntry, PolicyError, default_policy_path, load_policy, salvage_policy
-from auto_resume.resume_job import build_resume_job
-from auto_resume.sensor import build_auto_resume_sensor
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from auto_resume.metaflow_access import FlowShape, MetaflowAccessError, OriginTask, StepShape
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.flow_shape import FlowShape, OriginTask, StepShape
 
 PARAMETERS_STEP = "_parameters"
 PARAMETERS_TASK_ID = "params"

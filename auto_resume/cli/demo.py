@@ -22,12 +22,12 @@ from dagster import (
     build_sensor_context,
 )
 
-from auto_resume.code_location import build_definitions
-from auto_resume.metaflow_access import client_view, compile_definitions
-from auto_resume.run_facts import metaflow_run_id
-from auto_resume.sensor import SENSOR_NAME
+from auto_resume.dagster.code_location import build_definitions
+from auto_resume.dagster.run_facts import metaflow_run_id
+from auto_resume.dagster.sensor import SENSOR_NAME
+from auto_resume.metaflow.access import client_view, compile_definitions
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flows"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "flows"
 FLOW_FILE = "foreach_flow.py"
 JOB_NAME = "ForeachFlow"
 # Dagster's console logger prints every event; the demo shows its own summary instead.

@@ -11,10 +11,10 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.plan.objects import StepFailureData
 from dagster_shared.error import SerializableErrorInfo
 
-from auto_resume import tags
-from auto_resume.decision import FailedRun
-from auto_resume.metaflow_access import run_id_from_command_line
-from auto_resume.resume_job import RUN_ID_LOG_PREFIX
+from auto_resume.core.decision import FailedRun
+from auto_resume.core.run_ids import run_id_from_command_line
+from auto_resume.dagster import tags
+from auto_resume.dagster.naming import FINISH_OP_SUFFIX, RUN_ID_LOG_PREFIX
 
 # Event records read per storage query while looking for the Metaflow run id. The id is logged
 # before the first Metaflow command runs (about the 10th event), so a small first page nearly
@@ -32,7 +32,6 @@ _FRAME = '\n  File "'  # a traceback frame; the header may have been cut off wit
 # "<run>/<step>/<task> could not be cloned: ..." when copying it from the origin failed.
 _TASK_FAILED = re.compile(r"^[^\s/]+/(\w+)/\S+ (?:exited with status|could not be cloned)", re.MULTILINE)
 # The resume job's last op, which fails the run when tasks failed (resume_job._finish_op).
-FINISH_OP_SUFFIX = "__finish"
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def failure_details(entry: EventLogEntry) -> FailureDetails:
 
 
 def failed_run_facts(instance: DagsterInstance, run: DagsterRun, failure: EventLogEntry) -> FailedRun:
-    """Everything :func:`auto_resume.decision.decide` needs about ``run``.
+    """Everything :func:`auto_resume.core.decision.decide` needs about ``run``.
 
     Args:
         instance: The Dagster instance.
@@ -158,10 +157,7 @@ def failed_run_facts(instance: DagsterInstance, run: DagsterRun, failure: EventL
         failure: Its RUN_FAILURE event.
     """
     run_tags = run.tags
-    try:
-        attempt = int(run_tags.get(tags.ATTEMPT, "0"))
-    except ValueError:
-        attempt = 0
+    attempt = tags.attempt_of(run_tags)
     details = failure_details(failure)
     return FailedRun(
         run_id=run.run_id,

@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from auto_resume.policy_settings import (
+from auto_resume.policy.settings import (
     OVERRIDABLE,
     Defaults,
     GiveUpHook,
@@ -550,6 +550,6 @@ def policy_json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-# Regenerate the committed schema with: python -m auto_resume.policy > policy.schema.json
+# Regenerate the committed schema with: python -m auto_resume.policy.loading > policy.schema.json
 if __name__ == "__main__":
     sys.stdout.write(json.dumps(policy_json_schema(), indent=2) + "\n")

@@ -1,9 +1,9 @@
 """What ``auto-resume explain`` and ``auto-resume resume`` do, for one Dagster run.
 
 ``explain_run`` gathers the run's facts exactly as ``auto_resume_sensor`` does
-(:func:`auto_resume.run_facts.failed_run_facts`), asks the same pure
-:func:`auto_resume.decision.decide`, and previews the resume plan: every task of the new Metaflow
-run, cloned from the origin run or executed, from :mod:`auto_resume.resume_plan` over the origin
+(:func:`auto_resume.dagster.run_facts.failed_run_facts`), asks the same pure
+:func:`auto_resume.core.decision.decide`, and previews the resume plan: every task of the new Metaflow
+run, cloned from the origin run or executed, from :mod:`auto_resume.core.resume_plan` over the origin
 run's datastore. It launches and writes nothing.
 
 ``prepare_resume`` turns an explanation into the run the sensor would request (same run config,
@@ -14,7 +14,6 @@ code location, as ``dagster job launch`` does.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,22 +25,10 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 from dagster._core.event_api import EventLogRecord
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-from auto_resume import tags
-from auto_resume.code_location import LoadedFlow, load_flow
-from auto_resume.decision import Action, Decision, FailedRun, decide, matching_rule
-from auto_resume.deployment import Deployment, DeploymentError
-from auto_resume.metaflow_access import (
-    FlowShape,
-    MetaflowAccessError,
-    MetaflowRun,
-    OriginTask,
-    TaskOutcome,
-    check_run_id,
-    check_step_name,
-)
-from auto_resume.policy import EffectiveFlowSettings, Policy, PolicyError, load_policy
-from auto_resume.resume_job import resume_run_config
-from auto_resume.resume_plan import (
+from auto_resume.core.decision import Action, Decision, FailedRun, decide, matching_rule
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.flow_shape import FlowShape, OriginTask, TaskOutcome, check_step_name
+from auto_resume.core.resume_plan import (
     PARAMETERS_STEP,
     PARAMETERS_TASK_ID,
     TaskRecord,
@@ -49,11 +36,16 @@ from auto_resume.resume_plan import (
     parameters_task,
     plan_step,
 )
-from auto_resume.run_facts import failed_run_facts
-from auto_resume.sensor import InFlight, resume_tags, resumes_of
+from auto_resume.core.run_ids import check_run_id, is_run_id
+from auto_resume.dagster import tags
+from auto_resume.dagster.code_location import LoadedFlow, load_flow
+from auto_resume.dagster.resume_job import resume_run_config
+from auto_resume.dagster.run_facts import failed_run_facts
+from auto_resume.dagster.sensor import InFlight, resume_tags, resumes_of
+from auto_resume.metaflow.access import MetaflowRun
+from auto_resume.metaflow.deployment import Deployment, DeploymentError
+from auto_resume.policy.loading import EffectiveFlowSettings, Policy, PolicyError, load_policy
 
-# Dagster run ids are UUIDs; `dagster job launch --run-id` accepts others, so allow what is safe.
-_DAGSTER_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _END_EVENTS = {DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_CANCELED}
 # Stands for the new Metaflow run in previewed pathspecs: its id exists once the resume runs.
 _NEW_RUN = "<new run>"
@@ -133,7 +125,7 @@ class ResumeRequest:
 
 def check_dagster_run_id(run_id: str) -> str:
     """Return ``run_id`` if it can be a Dagster run id, else raise :class:`OperatorError`."""
-    if not _DAGSTER_RUN_ID.fullmatch(run_id):
+    if not is_run_id(run_id):
         shown = run_id if len(run_id) <= 80 else run_id[:80] + "..."
         raise OperatorError(
             f"{shown!r} is not a Dagster run id: expected letters, digits, '-' or '_' (a UUID such as "

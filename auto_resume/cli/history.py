@@ -14,8 +14,8 @@ from typing import Literal
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
 from pydantic import BaseModel, ConfigDict, Field
 
-from auto_resume import tags
-from auto_resume.run_facts import metaflow_run_id
+from auto_resume.dagster import tags
+from auto_resume.dagster.run_facts import metaflow_run_id
 
 Outcome = Literal["succeeded", "failed", "running", "gave_up", "canceled"]
 
@@ -241,7 +241,4 @@ def _job_of(original: RunRecord | None, resumes: Sequence[RunRecord]) -> str:
 
 
 def _attempt(record: RunRecord) -> int:
-    try:
-        return int(record.dagster_run.tags.get(tags.ATTEMPT, "0"))
-    except ValueError:
-        return 0
+    return tags.attempt_of(record.dagster_run.tags)

@@ -40,14 +40,15 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.event_api import EventLogRecord, RunStatusChangeRecordsFilter
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-from auto_resume import tags
-from auto_resume.decision import Action, Decision, FailedRun, Situation, decide, failure_signature
-from auto_resume.deployment import Deployment
-from auto_resume.metaflow_access import MetaflowAccessError, check_run_id
-from auto_resume.notify import call_give_up_hook, give_up_values
-from auto_resume.policy import EffectiveFlowSettings, Policy, load_policy
-from auto_resume.resume_job import resume_run_config
-from auto_resume.run_facts import failed_run_facts
+from auto_resume.core.decision import Action, Decision, FailedRun, Situation, decide, failure_signature
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.run_ids import check_run_id
+from auto_resume.dagster import tags
+from auto_resume.dagster.notify import call_give_up_hook, give_up_values
+from auto_resume.dagster.resume_job import resume_run_config
+from auto_resume.dagster.run_facts import failed_run_facts
+from auto_resume.metaflow.deployment import Deployment
+from auto_resume.policy.loading import EffectiveFlowSettings, Policy, load_policy
 
 SENSOR_NAME = "auto_resume_sensor"
 # New failures read per tick. Each costs a few small queries, so a burst clears in one or two ticks.

@@ -10,7 +10,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -20,14 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from auto_resume.deployment import UNSUPPORTED_STEP_DECORATORS, Deployment
-
-# Metaflow run ids that auto-resume accepts as an origin: what Metaflow itself generates
-# (integers) and what metaflow-dagster generates (dagster-<hex>). Anything else, in particular
-# values starting with "-" or containing "/" or shell syntax, never reaches a command line.
-_RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_STEP_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_RUN_ID_IN_COMMAND = re.compile(r"\s--run-id[ =]([^\s]+)")
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.flow_shape import FlowShape, OriginTask, StepShape, TaskOutcome, topological
+from auto_resume.metaflow.deployment import UNSUPPORTED_STEP_DECORATORS, Deployment
 
 _TAIL = 3000
 
@@ -39,64 +33,6 @@ _ORIGIN_SETS_KEPT = 2
 _CLONES_PER_PROCESS_MIN = 32
 # Metadata a clone writes for itself, never copied from its origin task.
 _OWN_FIELDS = frozenset({"attempt", "attempt_ok", "attempt-done", "origin-run-id", "origin-task-id"})
-
-
-class MetaflowAccessError(Exception):
-    """Metaflow data is missing, unreadable or inconsistent with the request."""
-
-
-@dataclass(frozen=True)
-class StepShape:
-    """One step of a flow graph, as plain data."""
-
-    name: str
-    type: str
-    in_funcs: tuple[str, ...]
-    out_funcs: tuple[str, ...]
-    is_foreach_join: bool
-
-
-@dataclass(frozen=True)
-class FlowShape:
-    """A flow graph in topological order."""
-
-    name: str
-    steps: tuple[StepShape, ...]
-
-    def step(self, name: str) -> StepShape:
-        """The step called ``name``."""
-        for shape in self.steps:
-            if shape.name == name:
-                return shape
-        raise KeyError(name)
-
-    def downstream_of(self, name: str) -> frozenset[str]:
-        """``name`` and every step reachable from it."""
-        seen: set[str] = set()
-        pending = [name]
-        while pending:
-            current = pending.pop()
-            if current not in seen:
-                seen.add(current)
-                pending.extend(self.step(current).out_funcs)
-        return frozenset(seen)
-
-
-@dataclass(frozen=True)
-class OriginTask:
-    """A task of an earlier run, as found in the datastore."""
-
-    pathspec: str
-    task_id: str
-    ok: bool
-
-
-@dataclass(frozen=True)
-class TaskOutcome:
-    """Facts about a task of the new run that downstream steps need."""
-
-    num_splits: int | None
-    next_steps: tuple[str, ...] | None
 
 
 def compile_definitions(flow_file: Path, output: Path, env: Mapping[str, str]) -> None:
@@ -131,43 +67,6 @@ def client_view(flow_name: str, run_id: str) -> tuple[bool, list[str]]:
     namespace(None)
     run = Flow(flow_name)[run_id]
     return bool(run.successful), sorted(step.id for step in run)
-
-
-def make_run_id(dagster_run_id: str) -> str:
-    """The Metaflow run id metaflow-dagster derives from a Dagster run id."""
-    return "dagster-" + hashlib.sha1(dagster_run_id.encode()).hexdigest()[:12]
-
-
-def check_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is a well-formed Metaflow run id, else raise.
-
-    Raises:
-        MetaflowAccessError: The value could be an option, a path or shell syntax.
-    """
-    if not isinstance(run_id, str) or not _RUN_ID_PATTERN.fullmatch(run_id):
-        shown = run_id if len(str(run_id)) <= 80 else str(run_id)[:80] + "..."
-        raise MetaflowAccessError(
-            f"origin_run_id {shown!r} is not a Metaflow run id: expected letters, digits, '_' "
-            "or '-', not starting with '-', at most 64 characters (for example dagster-1a2b3c4d5e6f)"
-        )
-    return run_id
-
-
-def check_step_name(flow: FlowShape, step_name: str) -> str:
-    """Return ``step_name`` if the flow has such a step, else raise."""
-    names = [s.name for s in flow.steps]
-    well_formed = isinstance(step_name, str) and _STEP_NAME_PATTERN.fullmatch(step_name)
-    if not well_formed or step_name not in names:
-        raise MetaflowAccessError(
-            f"from_step {step_name!r} is not a step of {flow.name}; choose one of: {', '.join(names)}"
-        )
-    return step_name
-
-
-def run_id_from_command_line(line: str) -> str | None:
-    """The ``--run-id`` value of a logged Metaflow command line, if any."""
-    match = _RUN_ID_IN_COMMAND.search(line)
-    return match.group(1) if match else None
 
 
 @lru_cache(maxsize=64)
@@ -251,33 +150,7 @@ def _flow_shape(flow_class: Any, flow_file: Path) -> FlowShape:
                 and graph[shape.split_parents[-1]].type == "foreach",
             )
         )
-    return FlowShape(name=flow_name, steps=_topological(steps))
-
-
-def _topological(steps: list[StepShape]) -> tuple[StepShape, ...]:
-    by_name = {s.name: s for s in steps}
-    ordered: list[StepShape] = []
-    placed: set[str] = set()
-    while len(ordered) < len(steps):
-        progress = False
-        for shape in steps:
-            if shape.name not in placed and all(p in placed for p in shape.in_funcs if p in by_name):
-                ordered.append(shape)
-                placed.add(shape.name)
-                progress = True
-        if not progress:
-            raise MetaflowAccessError("flow graph has a cycle; recursive steps are not supported")
-    # A recursive step (a switch that goes back to itself or an earlier step) is not an in_func
-    # of its target, so the order above does not see it: look for transitions that go back.
-    position = {shape.name: index for index, shape in enumerate(ordered)}
-    for shape in ordered:
-        back = [name for name in shape.out_funcs if position.get(name, len(ordered)) <= position[shape.name]]
-        if back:
-            raise MetaflowAccessError(
-                f"step {shape.name!r} goes back to {', '.join(back)}: recursive steps are not "
-                "supported by metaflow-dagster or auto-resume; remove the flow from the policy"
-            )
-    return tuple(ordered)
+    return FlowShape(name=flow_name, steps=topological(steps))
 
 
 @dataclass(frozen=True)

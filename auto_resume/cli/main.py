@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from auto_resume import tags
+from auto_resume.dagster import tags
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for dagster
-    from auto_resume.history import Lineage, RunSummary
-    from auto_resume.operator import Explanation, ResumePlan, ResumeRequest
+    from auto_resume.cli.history import Lineage, RunSummary
+    from auto_resume.cli.operator import Explanation, ResumePlan, ResumeRequest
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -60,7 +60,7 @@ def _emit(args: argparse.Namespace, document: dict[str, Any], text: str) -> None
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from auto_resume.demo import run_demo
+    from auto_resume.cli.demo import run_demo
 
     lines: list[str] = []
     ok = run_demo(lines.append if args.json else print, width=args.width, fail_index=args.fail_index)
@@ -70,8 +70,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from auto_resume.code_location import build_definitions
-    from auto_resume.policy import PolicyError, default_policy_path
+    from auto_resume.dagster.code_location import build_definitions
+    from auto_resume.policy.loading import PolicyError, default_policy_path
 
     path = Path(args.policy) if args.policy else default_policy_path()
     try:
@@ -93,7 +93,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from auto_resume.history import read_lineages
+    from auto_resume.cli.history import read_lineages
 
     instance = _open_instance()
     try:
@@ -106,8 +106,8 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from auto_resume.operator import OperatorError, check_dagster_run_id, explain_run
-    from auto_resume.policy import default_policy_path
+    from auto_resume.cli.operator import OperatorError, check_dagster_run_id, explain_run
+    from auto_resume.policy.loading import default_policy_path
 
     policy = Path(args.policy) if args.policy else default_policy_path()
     _check_run_id(check_dagster_run_id, args.run_id, OperatorError)
@@ -123,14 +123,14 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from auto_resume.operator import (
+    from auto_resume.cli.operator import (
         OperatorError,
         check_dagster_run_id,
         explain_run,
         prepare_resume,
         submit_resume,
     )
-    from auto_resume.policy import default_policy_path
+    from auto_resume.policy.loading import default_policy_path
 
     policy = (Path(args.policy) if args.policy else default_policy_path()).absolute()
     _check_run_id(check_dagster_run_id, args.run_id, OperatorError)
@@ -229,7 +229,7 @@ def explanation_document(explanation: Explanation, policy: Path) -> dict[str, An
 
 
 def _plan_document(plan: ResumePlan) -> dict[str, Any]:
-    from auto_resume.operator import plan_summary
+    from auto_resume.cli.operator import plan_summary
 
     return {
         "origin_metaflow_run_id": plan.origin_run_id,
@@ -278,7 +278,7 @@ def format_explanation(explanation: Explanation, policy: Path) -> str:
 
 
 def _describe(run: Any) -> str:
-    from auto_resume.operator import describe_run
+    from auto_resume.cli.operator import describe_run
 
     return describe_run(run)
 
@@ -292,7 +292,7 @@ _TASKS_SHOWN = 12  # per step, in text; --json lists every task
 
 
 def _format_plan(plan: ResumePlan | None, error: str | None) -> str:
-    from auto_resume.operator import plan_summary
+    from auto_resume.cli.operator import plan_summary
 
     if plan is None:
         return f"plan: none: {error}"

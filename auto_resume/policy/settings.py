@@ -1,6 +1,6 @@
 """The per-flow settings of the policy file: backoff, error rules, time windows, hooks.
 
-Frozen pydantic models, validated once when the policy is loaded; `auto_resume.policy` puts
+Frozen pydantic models, validated once when the policy is loaded; `auto_resume.policy.loading` puts
 them together and reports every problem with its file, line and fix. A `ValueError` raised by a
 validator here reads ``"<what>; fix: <how>"``: the loader splits it into the two parts.
 """

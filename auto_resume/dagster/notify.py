@@ -13,7 +13,7 @@ import os
 import subprocess
 from collections.abc import Callable, Mapping
 
-from auto_resume.policy_settings import GiveUpHook
+from auto_resume.policy.settings import GiveUpHook
 
 _log = logging.getLogger(__name__)
 

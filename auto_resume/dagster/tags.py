@@ -1,0 +1,57 @@
+"""Run tags auto-resume reads and writes; every one is namespaced ``auto_resume/``.
+
+This module owns them: every other module (and the reference in ``docs/``) takes the names
+and their meaning from ``TAGS``.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PREFIX = "auto_resume/"
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One run tag: its key, the runs that carry it and what its value says."""
+
+    key: str
+    on: str
+    value: str
+
+
+ROOT_RUN_ID = PREFIX + "root_run_id"
+PARENT_RUN_ID = PREFIX + "parent_run_id"
+ORIGIN_METAFLOW_RUN_ID = PREFIX + "origin_metaflow_run_id"
+ATTEMPT = PREFIX + "attempt"
+SOURCE_JOB = PREFIX + "source_job"
+PARENT_FAILURE = PREFIX + "parent_failure"
+GAVE_UP = PREFIX + "gave_up"
+OBSERVED = PREFIX + "observed"
+OPT_OUT = PREFIX + "opt_out"
+MANUAL = PREFIX + "manual"
+FLOW = PREFIX + "flow"
+
+TAGS: tuple[Tag, ...] = (
+    Tag(ROOT_RUN_ID, "resume runs", "Dagster run id of the original failure (the lineage root)"),
+    Tag(PARENT_RUN_ID, "resume runs", "Dagster run id of the failed run this resume answers"),
+    Tag(ORIGIN_METAFLOW_RUN_ID, "resume runs", "Metaflow run id the resume clones from"),
+    Tag(ATTEMPT, "resume runs", "1 for the first resume of a failure, 2 for the next..."),
+    Tag(SOURCE_JOB, "resume runs", "the flow's own Dagster job"),
+    Tag(PARENT_FAILURE, "resume runs", "fingerprint of the failure it answers"),
+    Tag(GAVE_UP, "failed runs", "why auto-resume will not resume this run, in words"),
+    Tag(OBSERVED, "failed runs", "observe mode: what auto-resume would have done, in words"),
+    Tag(OPT_OUT, "any run", "`true`: auto-resume leaves the run alone"),
+    Tag(MANUAL, "resume runs", "`true`: by `auto-resume resume`; `forced`: with `--force`"),
+    Tag(FLOW, "jobs auto-resume builds", "the Metaflow flow the job runs or resumes"),
+)
+
+# Set by Dagster on a failed run that its own run retries will launch again.
+DAGSTER_WILL_RETRY = "dagster/will_retry"
+
+
+def attempt_of(run_tags: Mapping[str, str]) -> int:
+    """The ``auto_resume/attempt`` of a run: 0 for an original run or a value that is not a number."""
+    try:
+        return int(run_tags.get(ATTEMPT, "0"))
+    except ValueError:
+        return 0
