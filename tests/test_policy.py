@@ -1,21 +1,13 @@
-"""Tests for auto_resume.policy.loading: loading, merging and error messages."""
+"""Tests for auto_resume.policy.loading and .model: loading, merging and error messages."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from auto_resume.policy.loading import (
-    EffectiveFlowSettings,
-    FlowEntry,
-    Policy,
-    PolicyError,
-    default_policy_path,
-    load_policy,
-    policy_json_schema,
-)
+from auto_resume.policy.loading import PolicyError, default_policy_path, load_policy
+from auto_resume.policy.model import EffectiveFlowSettings, FlowEntry, Policy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -474,18 +466,6 @@ def test_default_policy_path_uses_cwd(tmp_path: Path, monkeypatch: pytest.Monkey
         load_policy()
     write_policy(tmp_path, "version: 1\n")
     assert load_policy() == Policy(version=1)
-
-
-def test_committed_schema_matches_models() -> None:
-    committed = (REPO_ROOT / "policy.schema.json").read_text()
-    expected = json.dumps(policy_json_schema(), indent=2) + "\n"
-    assert committed == expected, (
-        "policy.schema.json is stale; regenerate it with "
-        "`python -m auto_resume.policy.loading > policy.schema.json`"
-    )
-    schema = policy_json_schema()
-    assert schema["$schema"].startswith("https://json-schema.org/")
-    assert schema["title"] == "auto-resume policy"
 
 
 FULL = """\

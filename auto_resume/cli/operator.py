@@ -44,7 +44,8 @@ from auto_resume.dagster.run_facts import failed_run_facts
 from auto_resume.dagster.sensor import InFlight, resume_tags, resumes_of
 from auto_resume.metaflow.access import MetaflowRun
 from auto_resume.metaflow.deployment import Deployment, DeploymentError
-from auto_resume.policy.loading import EffectiveFlowSettings, Policy, PolicyError, load_policy
+from auto_resume.policy.loading import PolicyError, load_policy
+from auto_resume.policy.model import EffectiveFlowSettings, Policy
 
 _END_EVENTS = {DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_CANCELED}
 # Stands for the new Metaflow run in previewed pathspecs: its id exists once the resume runs.

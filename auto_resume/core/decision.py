@@ -15,7 +15,7 @@ from enum import StrEnum
 from fnmatch import fnmatchcase
 from zoneinfo import ZoneInfo
 
-from auto_resume.policy.loading import EffectiveFlowSettings
+from auto_resume.policy.model import EffectiveFlowSettings
 from auto_resume.policy.settings import Backoff, ErrorRule, Windows
 
 # The rules of one flow are its effective policy settings (a frozen pydantic model).

@@ -15,13 +15,8 @@ from auto_resume.dagster.resume_job import build_resume_job
 from auto_resume.dagster.sensor import build_auto_resume_sensor
 from auto_resume.metaflow.access import FlowFile, load_flow_file, load_flow_shape
 from auto_resume.metaflow.deployment import Deployment, DeploymentError, read_deployment
-from auto_resume.policy.loading import (
-    FlowEntry,
-    PolicyError,
-    default_policy_path,
-    load_policy,
-    salvage_policy,
-)
+from auto_resume.policy.loading import PolicyError, default_policy_path, load_policy
+from auto_resume.policy.model import FlowEntry
 
 
 @dataclass(frozen=True)
@@ -36,6 +31,12 @@ class LoadedFlow:
 def load_flow(entry: FlowEntry) -> LoadedFlow:
     """Read the flow a policy entry names.
 
+    Args:
+        entry: The policy's entry.
+
+    Returns:
+        Its deployment, graph and (for a ``flow_file`` entry) flow file.
+
     Raises:
         DeploymentError: The definitions file is not a usable metaflow-dagster file.
         MetaflowAccessError: The flow cannot be imported or has an unsupported shape.
@@ -48,25 +49,23 @@ def load_flow(entry: FlowEntry) -> LoadedFlow:
     return LoadedFlow(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name), None)
 
 
-def build_definitions(policy_path: Path | None = None, strict: bool = True) -> Definitions:
+def build_definitions(policy_path: Path | None = None) -> Definitions:
     """Build the code location from a policy file.
+
+    An invalid policy fails the load: the deployed location then reports the error until the
+    file is fixed, while the sensor's cursor waits in the instance, so no failure is lost.
 
     Args:
         policy_path: The policy; default ``$AUTO_RESUME_POLICY`` or ``./policy.yaml``.
-        strict: Raise on an invalid policy. The deployed location passes False: the daemon
-            reloads it every minute, and an invalid edit must then show up in the sensor's
-            ticks (which re-read the file) rather than unload the sensor and resume jobs.
+
+    Returns:
+        The resume jobs, the jobs of ``flow_file`` entries and ``auto_resume_sensor``.
 
     Raises:
         PolicyError: The policy, or a definitions file or flow it names, is invalid.
     """
     path = policy_path or default_policy_path()
-    try:
-        policy = load_policy(path)
-    except PolicyError:
-        if strict or not path.is_file():
-            raise
-        policy = salvage_policy(path)
+    policy = load_policy(path)
     deployments: list[Deployment] = []
     jobs: list[JobDefinition] = []
     flow_jobs: list[JobDefinition] = []

@@ -48,7 +48,8 @@ from auto_resume.dagster.notify import call_give_up_hook, give_up_values
 from auto_resume.dagster.resume_job import resume_run_config
 from auto_resume.dagster.run_facts import failed_run_facts
 from auto_resume.metaflow.deployment import Deployment
-from auto_resume.policy.loading import EffectiveFlowSettings, Policy, load_policy
+from auto_resume.policy.loading import load_policy
+from auto_resume.policy.model import EffectiveFlowSettings, Policy
 
 SENSOR_NAME = "auto_resume_sensor"
 # New failures read per tick. Each costs a few small queries, so a burst clears in one or two ticks.

@@ -1,10 +1,11 @@
-"""The auto-resume policy file: pydantic models, loader and JSON Schema.
+"""Reading the auto-resume policy file, and saying precisely what is wrong with it.
 
 The policy is a YAML file (``policy.yaml`` in the current directory unless the
 ``AUTO_RESUME_POLICY`` environment variable names another file) listing the
 metaflow-dagster definitions files to watch and how often failed runs of each
-may be resumed. All problems found while loading it are reported in a single
-`PolicyError` naming the file, line, field path and a fix for each.
+may be resumed (the models are in `auto_resume.policy.model`). All problems found while
+loading it are reported in a single `PolicyError` naming the file, line, field path and a
+fix for each; the fix's example comes from the field's ``examples``.
 """
 
 from __future__ import annotations
@@ -12,36 +13,20 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
-import sys
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, NamedTuple, get_args
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from auto_resume.policy.settings import (
-    OVERRIDABLE,
-    Defaults,
-    GiveUpHook,
-    Overrides,
-    Switch,
-    check_glob,
-)
+from auto_resume.policy.model import Policy
 
 POLICY_ENV_VAR = "AUTO_RESUME_POLICY"
 _Loc = tuple[int | str, ...]
+# Characters that make a plain YAML scalar mean something else, or nothing: quote examples with them.
+_YAML_SPECIAL = set("*&!|>%@`#{}[],?\"'")
 
 
 class PolicyError(Exception):
@@ -58,175 +43,6 @@ class PolicyError(Exception):
         self.problems = tuple(problems)
 
 
-class SensorSettings(BaseModel):
-    """Settings of the Dagster sensor that watches for failed runs."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    minimum_interval_seconds: int = Field(
-        default=30,
-        ge=5,
-        strict=True,
-        description="Seconds between sensor ticks; the Dagster daemon needs >= 5.",
-    )
-    default_status: Literal["running", "stopped"] = Field(
-        default="stopped", description="Initial sensor status; the Dagster UI toggle overrides it."
-    )
-
-
-class FlowEntry(Overrides):
-    """One watched flow and its overrides.
-
-    Either a metaflow-dagster definitions file (the flow's job lives in that file's code
-    location), or a flow file whose job auto-resume builds in its own code location.
-    """
-
-    definitions_file: Path | None = Field(
-        default=None,
-        description="File made by `python <flow>.py dagster create <file>`; "
-        "relative to the policy file's directory.",
-    )
-    flow_file: Path | None = Field(
-        default=None,
-        description="Instead of definitions_file: a Metaflow flow file; auto-resume builds its job "
-        "(named after the flow) in the auto_resume code location. Relative to the policy file's "
-        "directory.",
-    )
-    flow_class: str | None = Field(
-        default=None,
-        description="With flow_file: the flow class to run, when the file defines several.",
-    )
-    job_name: str | None = Field(
-        default=None,
-        description="With flow_file: the Dagster job's name (default: the flow's name).",
-    )
-
-    @field_validator("definitions_file", "flow_file")
-    @classmethod
-    def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        """Resolves against context["policy_dir"] (the cwd without a context)."""
-        if value is None:
-            return None
-        context = info.context if isinstance(info.context, dict) else {}
-        return (Path(context.get("policy_dir", ".")) / value.expanduser()).resolve()
-
-    @field_validator("job_name")
-    @classmethod
-    def _job_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(
-                f"{value!r} is not a Dagster job name; fix: use letters, digits and '_' only, "
-                "not starting with a digit"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> FlowEntry:
-        if (self.definitions_file is None) == (self.flow_file is None):
-            both = "both" if self.definitions_file is not None else "neither"
-            raise ValueError(
-                f"the entry has {both} `definitions_file` and `flow_file`; fix: give exactly one: "
-                "`definitions_file: flows/my_flow_dagster.py` or `flow_file: flows/my_flow.py`"
-            )
-        if self.definitions_file is not None and (self.flow_class or self.job_name):
-            raise ValueError(
-                "`flow_class` and `job_name` go with `flow_file` only; fix: remove them (a "
-                "definitions file names its flow and job), or use `flow_file`"
-            )
-        return self
-
-    @property
-    def source(self) -> Path:
-        """The file the entry names (definitions file or flow file), absolute."""
-        source = self.definitions_file or self.flow_file
-        assert source is not None  # _one_source
-        return source
-
-    @property
-    def source_field(self) -> str:
-        """``definitions_file`` or ``flow_file``: the field that names the entry's file."""
-        return "definitions_file" if self.definitions_file is not None else "flow_file"
-
-
-class JobOverride(Overrides):
-    """Overrides for every watched flow whose Dagster job name matches ``job``."""
-
-    job: str = Field(description="Dagster job name of the flow, exact or glob (`Train*`).")
-
-    @field_validator("job")
-    @classmethod
-    def _glob(cls, value: str) -> str:
-        return check_glob(value)
-
-
-class EffectiveFlowSettings(Defaults):
-    """One flow's settings after merging kill switch, defaults, job overrides and its entry."""
-
-
-class Policy(BaseModel):
-    """Which Metaflow-on-Dagster flows to resume after failures, when, and how often."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    version: Literal[1] = Field(description="Policy format version; must be 1.")
-    enabled: Switch = Field(default=True, description="Global kill switch: false resumes nothing.")
-    sensor: SensorSettings = Field(default_factory=SensorSettings, description="Sensor settings.")
-    max_resumes_in_flight: int | None = Field(
-        default=None, ge=1, strict=True, description="Resume runs of all flows queued or running at once."
-    )
-    on_give_up: GiveUpHook | None = Field(
-        default=None, description="Notification hook called once per failed run given up."
-    )
-    defaults: Defaults = Field(default_factory=Defaults, description="Settings of flows without overrides.")
-    overrides: tuple[JobOverride, ...] = Field(
-        default=(), description="Overrides by job name, applied in order after the defaults."
-    )
-    flows: tuple[FlowEntry, ...] = Field(default=(), description="Watched flows; may be empty.")
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _exact_version(cls, value: object) -> object:
-        """Rejects `true` and `1.0`, which Literal[1] would accept."""
-        if type(value) is not int:
-            raise ValueError("Input should be 1")
-        return value
-
-    def settings_for(self, definitions_file: Path, job_name: str | None = None) -> EffectiveFlowSettings:
-        """Returns the merged settings of a watched flow.
-
-        Each layer replaces only the fields it sets: ``defaults``, then every ``overrides``
-        entry whose ``job`` matches ``job_name`` (in file order), then the flow's own entry;
-        ``tags`` are merged key by key instead. The global ``enabled: false`` wins over all.
-
-        Args:
-            definitions_file: The file of the flow's entry: its definitions file, or its flow
-                file for a ``flow_file`` entry (relative to the cwd).
-            job_name: The flow's Dagster job name, for ``overrides``; None applies none.
-
-        Returns:
-            The effective settings of the flow.
-
-        Raises:
-            KeyError: If no flow entry names this file.
-        """
-        wanted = definitions_file.expanduser().resolve()
-        for flow in self.flows:
-            if flow.source == wanted:
-                layers: list[Overrides] = [
-                    o for o in self.overrides if job_name is not None and fnmatchcase(job_name, o.job)
-                ]
-                merged = {name: getattr(self.defaults, name) for name in Defaults.model_fields}
-                for layer in [*layers, flow]:
-                    for name in OVERRIDABLE:
-                        value = getattr(layer, name)
-                        if value is None:
-                            continue
-                        merged[name] = {**merged["tags"], **value} if name == "tags" else value
-                merged["enabled"] = self.enabled and merged["enabled"]
-                return EffectiveFlowSettings.model_validate(merged)
-        raise KeyError(f"{wanted} is not listed under flows in the policy")
-
-
 class _Problem(NamedTuple):
     what: str
     fix: str
@@ -235,49 +51,6 @@ class _Problem(NamedTuple):
     column: int | None = None
 
 
-_EXAMPLES = {
-    "version": "1",
-    "enabled": "true",
-    "sensor": "{minimum_interval_seconds: 30}",
-    "minimum_interval_seconds": "30",
-    "default_status": "stopped",
-    "defaults": "{max_attempts: 2}",
-    "max_attempts": "2",
-    "flows": "[{definitions_file: flows/my_flow_dagster.py}]",
-    "definitions_file": "flows/my_flow_dagster.py",
-    "flow_file": "flows/my_flow.py",
-    "flow_class": "MyFlow",
-    "job_name": "MyFlow",
-    "overrides": '[{job: "Train*", max_attempts: 5}]',
-    "job": '"Train*"',
-    "mode": "observe",
-    "backoff": "{initial_seconds: 60, multiplier: 2, max_seconds: 3600}",
-    "initial_seconds": "60",
-    "multiplier": "2",
-    "max_seconds": "3600",
-    "jitter_seconds": "30",
-    "errors": "[{action: never, exception: MemoryError}]",
-    "action": "never",
-    "reason": "[step_failure, unexpected_termination]",
-    "step": '"train*"',
-    "exception": "MemoryError",
-    "message": "'timed out after \\d+ s'",
-    "stop_on_same_failure": "true",
-    "max_failure_age_seconds": "86400",
-    "max_resumes_in_flight": "10",
-    "windows": '{timezone: Europe/Paris, allowed: [{start: "08:00", end: "20:00"}]}',
-    "timezone": "Europe/Paris",
-    "allowed": '[{days: [mon, tue, wed, thu, fri], start: "08:00", end: "20:00"}]',
-    "days": "[mon, tue, wed, thu, fri]",
-    "blackouts": "[{start: 2026-12-24 00:00:00, end: 2026-12-27 00:00:00}]",
-    "start": '"08:00"',
-    "end": '"20:00"',
-    "tags": "{team/owner: ml-platform}",
-    "on_give_up": "{command: [/usr/local/bin/notify-oncall]}",
-    "command": "[/usr/local/bin/notify-oncall]",
-    "callable": "my_alerts:notify",
-    "timeout_seconds": "30",
-}
 _TYPE_WORDS = {
     "int_type": "expected a whole number",
     "float_type": "expected a number",
@@ -343,6 +116,37 @@ def _line_of(root: yaml.Node, loc: _Loc) -> int:
     return line
 
 
+def _as_yaml(value: object) -> str:
+    """An example value as YAML flow text, quoted where YAML would misread it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_as_yaml(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_as_yaml(item) for item in value) + "]"
+    if not isinstance(value, str):  # a number, a date-time
+        return str(value)
+    text = value
+    if "\\" in text:  # a regular expression: single quotes keep backslashes as they are
+        return "'" + text.replace("'", "''") + "'"
+    # A leading digit: a time of day such as `20:00` reads as a number (base 60) unquoted.
+    if _YAML_SPECIAL & set(text) or ": " in text or text[:1].isdigit() or yaml.safe_load(text) != text:
+        return json.dumps(text)
+    return text
+
+
+def _example(loc: _Loc) -> str | None:
+    """The first of ``examples`` of the field at ``loc``, as YAML; None if it has none."""
+    names = [i for i, part in enumerate(loc) if isinstance(part, str)]
+    if not names:
+        return None
+    model = _model_at(loc[: names[-1]])
+    field = model.model_fields.get(str(loc[names[-1]]))
+    if field is None or not field.examples:
+        return None
+    return _as_yaml(field.examples[0])
+
+
 def _explain(err: ErrorDetails) -> _Problem:
     """Turns one pydantic error into a problem with a fix."""
     loc, kind, ctx = err["loc"], err["type"], err.get("ctx", {})
@@ -350,7 +154,7 @@ def _explain(err: ErrorDetails) -> _Problem:
     got = got if len(got) <= 60 else got[:57] + "..."
     names = [p for p in loc if isinstance(p, str)]
     name = names[-1] if names else ""
-    sample = f"`{name}: {_EXAMPLES.get(name, '...')}`"
+    sample = f"`{name}: {_example(loc) or '...'}`"
     if loc and loc[-1] == 0 and name == "flows":
         sample = "`- definitions_file: flows/my_flow_dagster.py`"
     if kind == "extra_forbidden":
@@ -441,6 +245,26 @@ def default_policy_path() -> Path:
     return _path_and_origin()[0]
 
 
+def _read_yaml(path: Path) -> tuple[yaml.Node | None, Any]:
+    """The file's node tree (for line numbers) and its data; a PolicyError if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        fix = "make it a readable UTF-8 text file"
+        raise _fail(path, [_Problem(f"cannot read the file: {exc}", fix)]) from exc
+    except yaml.YAMLError as exc:
+        what, line, col = f"YAML syntax error: {exc}", None, None
+        if isinstance(exc, yaml.MarkedYAMLError):
+            what = f"YAML syntax error: {exc.problem or exc.context}"
+            if exc.context and exc.context_mark and exc.problem:
+                what += f" ({exc.context} on line {exc.context_mark.line + 1})"
+            if mark := exc.problem_mark or exc.context_mark:
+                line, col = mark.line + 1, mark.column + 1
+        fix = "correct the YAML there (check indentation, colons and quotes)"
+        raise _fail(path, [_Problem(what, fix, None, line, col)]) from exc
+
+
 def load_policy(path: Path | None = None) -> Policy:
     """Reads and validates a policy file.
 
@@ -462,23 +286,7 @@ def load_policy(path: Path | None = None) -> Policy:
         what = f"policy file {state} (path {origin})"
         fix = f"create it with `version: 1`, or set {POLICY_ENV_VAR} to a policy file"
         raise _fail(path, [_Problem(what, fix)])
-    try:
-        text = path.read_text(encoding="utf-8")
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        fix = "make it a readable UTF-8 text file"
-        raise _fail(path, [_Problem(f"cannot read the file: {exc}", fix)]) from exc
-    except yaml.YAMLError as exc:
-        what, line, col = f"YAML syntax error: {exc}", None, None
-        if isinstance(exc, yaml.MarkedYAMLError):
-            what = f"YAML syntax error: {exc.problem or exc.context}"
-            if exc.context and exc.context_mark and exc.problem:
-                what += f" ({exc.context} on line {exc.context_mark.line + 1})"
-            if mark := exc.problem_mark or exc.context_mark:
-                line, col = mark.line + 1, mark.column + 1
-        fix = "correct the YAML there (check indentation, colons and quotes)"
-        raise _fail(path, [_Problem(what, fix, None, line, col)]) from exc
+    root, data = _read_yaml(path)
     if root is None:
         raise _fail(path, [_Problem("the file is empty (or only comments)", "add `version: 1`", ())])
     if not isinstance(data, dict):
@@ -493,63 +301,3 @@ def load_policy(path: Path | None = None) -> Policy:
     if problems := _check_flows(policy, policy_dir):
         raise _fail(path, problems, root)
     return policy
-
-
-def salvage_policy(path: Path) -> Policy:
-    """What can still be used of an invalid policy file: its flows and sensor settings.
-
-    Used when the code location is (re)loaded while the file is invalid, so that the resume
-    jobs and the sensor stay loaded and the sensor's ticks show the error from
-    :func:`load_policy` until it is fixed. Every other setting is left at its default; the
-    sensor never acts on this object, it re-reads the file on every tick.
-
-    Args:
-        path: The policy file.
-
-    Returns:
-        A policy holding the flow entries whose definitions files exist and, if that part is
-        valid, the sensor's interval, with the sensor running by default; nothing else.
-    """
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        data = None
-    data = data if isinstance(data, dict) else {}
-    policy_dir = path.absolute().parent.resolve()
-    flows = []
-    raw_flows = data.get("flows")
-    for raw in raw_flows if isinstance(raw_flows, list) else []:
-        for key in ("definitions_file", "flow_file"):
-            value = raw.get(key) if isinstance(raw, dict) else None
-            if isinstance(value, str) and (policy_dir / value).expanduser().is_file():
-                extra = {k: raw[k] for k in ("flow_class", "job_name") if key == "flow_file" and k in raw}
-                flows.append({key: value, **extra})
-                break
-    try:
-        sensor = SensorSettings.model_validate(data.get("sensor") or {})
-    except ValidationError:
-        sensor = SensorSettings()
-    # Running, whatever the file says: a running sensor on an invalid policy only fails its
-    # ticks with the message (it launches nothing), while a default flipped to stopped would
-    # silence the error. A stop set in the UI still wins.
-    sensor = sensor.model_copy(update={"default_status": "running"})
-    return Policy.model_validate(
-        {"version": 1, "sensor": sensor.model_dump(), "flows": flows},
-        context={"policy_dir": policy_dir},
-    )
-
-
-def policy_json_schema() -> dict[str, Any]:
-    """Returns the JSON Schema of the policy file, for editors and validation tools.
-
-    Returns:
-        `Policy.model_json_schema()` with `$schema` and `title` set.
-    """
-    schema = Policy.model_json_schema()
-    schema["title"] = "auto-resume policy"
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-
-
-# Regenerate the committed schema with: python -m auto_resume.policy.loading > policy.schema.json
-if __name__ == "__main__":
-    sys.stdout.write(json.dumps(policy_json_schema(), indent=2) + "\n")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 Switch = Annotated[bool, Field(strict=True)]  # strict: reject "yes", 1, ...
 Attempts = Annotated[int, Field(ge=0, strict=True)]  # strict: reject "2", 2.5, true
@@ -64,11 +65,19 @@ class Backoff(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    initial_seconds: Seconds = Field(default=0, description="Wait before the first resume of a failure.")
-    multiplier: float = Field(default=2, ge=1, strict=True, description="Factor applied per further attempt.")
-    max_seconds: Seconds = Field(default=3600, description="Upper bound of the wait before jitter.")
+    initial_seconds: Seconds = Field(
+        default=0, description="Wait before the first resume of a failure.", examples=[60]
+    )
+    multiplier: float = Field(
+        default=2, ge=1, strict=True, description="Factor applied per further attempt.", examples=[2]
+    )
+    max_seconds: Seconds = Field(
+        default=3600, description="Upper bound of the wait before jitter.", examples=[3600]
+    )
     jitter_seconds: Seconds = Field(
-        default=0, description="Up to this much is added, fixed per failed run (spreads a burst)."
+        default=0,
+        description="Up to this much is added, fixed per failed run (spreads a burst).",
+        examples=[30],
     )
 
 
@@ -77,17 +86,28 @@ class ErrorRule(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    action: Literal["resume", "never"] = Field(description="`never` gives the failure up at once.")
+    action: Literal["resume", "never"] = Field(
+        description="`never` gives the failure up at once.", examples=["never"]
+    )
     reason: tuple[FailureReason, ...] | None = Field(
         default=None,
         description="Dagster failure reasons, e.g. step_failure, unexpected_termination (run worker "
         "crash), start_timeout; one or a list.",
+        examples=[["step_failure", "unexpected_termination"]],
     )
-    step: str | None = Field(default=None, description="Failing Metaflow step name, exact or glob.")
+    step: str | None = Field(
+        default=None, description="Failing Metaflow step name, exact or glob.", examples=["train*"]
+    )
     exception: str | None = Field(
-        default=None, description="Exception class name (e.g. `MemoryError`), exact or glob."
+        default=None,
+        description="Exception class name (e.g. `MemoryError`), exact or glob.",
+        examples=["MemoryError"],
     )
-    message: str | None = Field(default=None, description="Regular expression searched in the error message.")
+    message: str | None = Field(
+        default=None,
+        description="Regular expression searched in the error message.",
+        examples=[r"timed out after \d+ s"],
+    )
 
     @field_validator("reason", mode="before")
     @classmethod
@@ -140,9 +160,14 @@ class AllowedHours(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    days: tuple[Weekday, ...] = Field(default=WEEKDAYS, description="Days, e.g. [mon, tue, wed, thu, fri].")
-    start: dt.time = Field(description='Local time "HH:MM" (quoted) the window opens.')
-    end: dt.time = Field(description='Local time "HH:MM" (quoted) it closes; before start means overnight.')
+    days: tuple[Weekday, ...] = Field(
+        default=WEEKDAYS, description="Days, e.g. [mon, tue, wed, thu, fri].", examples=[WEEKDAYS[:5]]
+    )
+    start: dt.time = Field(description='Local time "HH:MM" (quoted) the window opens.', examples=["08:00"])
+    end: dt.time = Field(
+        description='Local time "HH:MM" (quoted) it closes; before start means overnight.',
+        examples=["20:00"],
+    )
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -172,8 +197,13 @@ class Blackout(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    start: dt.datetime = Field(description="First moment, e.g. 2026-12-24 18:00:00 (a date means 00:00).")
-    end: dt.datetime = Field(description="First moment after the blackout.")
+    start: dt.datetime = Field(
+        description="First moment, e.g. 2026-12-24 18:00:00 (a date means 00:00).",
+        examples=[dt.datetime(2026, 12, 24)],
+    )
+    end: dt.datetime = Field(
+        description="First moment after the blackout.", examples=[dt.datetime(2026, 12, 27)]
+    )
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -194,11 +224,21 @@ class Windows(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    timezone: str = Field(default="UTC", description="IANA time zone of the times below, e.g. Europe/Paris.")
-    allowed: tuple[AllowedHours, ...] = Field(
-        default=(), description="Allowed hours; empty means at any time (blackouts still apply)."
+    timezone: str = Field(
+        default="UTC",
+        description="IANA time zone of the times below, e.g. Europe/Paris.",
+        examples=["Europe/Paris"],
     )
-    blackouts: tuple[Blackout, ...] = Field(default=(), description="Periods in which nothing starts.")
+    allowed: tuple[AllowedHours, ...] = Field(
+        default=(),
+        description="Allowed hours; empty means at any time (blackouts still apply).",
+        examples=[[{"days": list(WEEKDAYS[:5]), "start": "08:00", "end": "20:00"}]],
+    )
+    blackouts: tuple[Blackout, ...] = Field(
+        default=(),
+        description="Periods in which nothing starts.",
+        examples=[[{"start": dt.datetime(2026, 12, 24), "end": dt.datetime(2026, 12, 27)}]],
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -223,11 +263,16 @@ class GiveUpHook(BaseModel):
         min_length=1,
         description="argv run without a shell; AUTO_RESUME_RUN_ID, AUTO_RESUME_JOB_NAME, "
         "AUTO_RESUME_REASON, AUTO_RESUME_ROOT_RUN_ID, AUTO_RESUME_ATTEMPT are set.",
+        examples=[["/usr/local/bin/notify-oncall"]],
     )
     callable: str | None = Field(
-        default=None, description="`module:function` called with a dict of the same values."
+        default=None,
+        description="`module:function` called with a dict of the same values.",
+        examples=["my_alerts:notify"],
     )
-    timeout_seconds: float = Field(default=30, gt=0, strict=True, description="Time limit of the command.")
+    timeout_seconds: float = Field(
+        default=30, gt=0, strict=True, description="Time limit of the command.", examples=[30]
+    )
 
     @field_validator("callable")
     @classmethod
@@ -273,63 +318,96 @@ def check_tags(value: dict[str, str] | None) -> dict[str, str] | None:
     return value
 
 
-class Defaults(BaseModel):
-    """Settings of every flow that does not override them."""
+class _FlowSettingsModel(BaseModel):
+    """What `Defaults` and `Overrides` share: the config and the check of ``tags``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: Switch = Field(default=True, description="Auto-resume flows unless overridden.")
-    mode: Mode = Field(default="act", description="`observe`: record every decision, launch nothing.")
-    max_attempts: Attempts = Field(
-        default=2, description="Resume runs allowed per original failure (lineage)."
+    @field_validator("tags", check_fields=False)
+    @classmethod
+    def _valid_tags(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_tags(value)
+
+
+# Every per-flow setting is declared here, once: `Overrides` is built from these fields.
+class Defaults(_FlowSettingsModel):
+    """Settings of every flow that does not override them."""
+
+    enabled: Switch = Field(default=True, description="Auto-resume flows unless overridden.", examples=[True])
+    mode: Mode = Field(
+        default="act", description="`observe`: record every decision, launch nothing.", examples=["observe"]
     )
-    backoff: Backoff = Field(default_factory=Backoff, description="Wait before each resume.")
+    max_attempts: Attempts = Field(
+        default=2, description="Resume runs allowed per original failure (lineage).", examples=[2]
+    )
+    backoff: Backoff = Field(
+        default_factory=Backoff,
+        description="Wait before each resume.",
+        examples=[{"initial_seconds": 60, "multiplier": 2, "max_seconds": 3600}],
+    )
     errors: tuple[ErrorRule, ...] = Field(
-        default=(), description="Error rules; the first that matches decides; none matching: resume."
+        default=(),
+        description="Error rules; the first that matches decides; none matching: resume.",
+        examples=[[{"action": "never", "exception": "MemoryError"}]],
     )
     stop_on_same_failure: Switch = Field(
         default=False,
         description="Give up when a resume fails like the attempt before it (step, exception, message).",
+        examples=[True],
     )
     max_failure_age_seconds: int | None = Field(
-        default=None, ge=1, strict=True, description="Failures older than this when first seen are skipped."
+        default=None,
+        ge=1,
+        strict=True,
+        description="Failures older than this when first seen are skipped.",
+        examples=[86400],
     )
-    windows: Windows | None = Field(default=None, description="When resumes may start; null: any time.")
+    windows: Windows | None = Field(
+        default=None,
+        description="When resumes may start; null: any time.",
+        examples=[{"timezone": "Europe/Paris", "allowed": [{"start": "08:00", "end": "20:00"}]}],
+    )
     max_resumes_in_flight: int | None = Field(
-        default=None, ge=1, strict=True, description="Resume runs of one flow queued or running at once."
+        default=None,
+        ge=1,
+        strict=True,
+        description="Resume runs of one flow queued or running at once.",
+        examples=[10],
     )
-    tags: dict[str, str] = Field(default_factory=dict, description="Tags added to resume runs.")
-
-    @field_validator("tags")
-    @classmethod
-    def _valid_tags(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return check_tags(value)
-
-
-class Overrides(BaseModel):
-    """Settings that replace the defaults; every field is optional (null inherits)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: Switch | None = Field(default=None, description="Overrides defaults.enabled.")
-    mode: Mode | None = Field(default=None, description="Overrides defaults.mode.")
-    max_attempts: Attempts | None = Field(default=None, description="Overrides defaults.max_attempts.")
-    backoff: Backoff | None = Field(default=None, description="Replaces defaults.backoff.")
-    errors: tuple[ErrorRule, ...] | None = Field(default=None, description="Replaces defaults.errors.")
-    stop_on_same_failure: Switch | None = Field(default=None, description="Overrides the default.")
-    max_failure_age_seconds: int | None = Field(
-        default=None, ge=1, strict=True, description="Overrides defaults.max_failure_age_seconds."
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tags added to resume runs.",
+        examples=[{"team/owner": "ml-platform"}],
     )
-    windows: Windows | None = Field(default=None, description="Replaces defaults.windows.")
-    max_resumes_in_flight: int | None = Field(
-        default=None, ge=1, strict=True, description="Overrides defaults.max_resumes_in_flight."
+
+
+# Settings that an override adds to, key by key, instead of replacing them.
+MERGED_KEY_BY_KEY = frozenset({"tags"})
+
+
+def _optional(name: str, field: FieldInfo) -> tuple[Any, Any]:
+    """``field`` of `Defaults` as an override: the same type and checks, or null to inherit."""
+    inner: Any = field.annotation
+    if field.metadata:  # the constraints, e.g. ge=1, strict
+        inner = Annotated[(inner, *field.metadata)]
+    verb = "Added to (and win over)" if name in MERGED_KEY_BY_KEY else "Replaces"
+    override = Field(
+        default=None,
+        description=f"{verb} defaults.{name}; null inherits it.",
+        examples=field.examples,
     )
-    tags: dict[str, str] | None = Field(default=None, description="Added to (and win over) defaults.tags.")
-
-    @field_validator("tags")
-    @classmethod
-    def _valid_tags(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return check_tags(value)
+    return inner | None, override
 
 
-OVERRIDABLE = tuple(Overrides.model_fields)
+if TYPE_CHECKING:  # mypy cannot follow create_model: the generated fields are read with getattr
+    Overrides = _FlowSettingsModel
+else:
+    Overrides = create_model(
+        "Overrides",
+        __base__=_FlowSettingsModel,
+        __module__=__name__,
+        __doc__="Settings that replace the defaults; every field is optional (null inherits).",
+        **{name: _optional(name, field) for name, field in Defaults.model_fields.items()},
+    )
+
+OVERRIDABLE = tuple(Defaults.model_fields)
