@@ -22,7 +22,7 @@ from dagster import DagsterInstance
 from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
 from auto_resume.metaflow.access import load_flow_shape
 from auto_resume.metaflow.deployment import Deployment
-from tests.linear_origin import failed_linear_origin, linear_deployment
+from tests.support.linear_origin import failed_linear_origin, linear_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = "dagster-0a1b2c3d4e5f"

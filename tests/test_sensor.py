@@ -39,7 +39,7 @@ from auto_resume.dagster.sensor import build_auto_resume_sensor, evaluate
 from auto_resume.metaflow.access import load_flow_shape
 from auto_resume.metaflow.deployment import Deployment, read_deployment
 from auto_resume.policy.loading import PolicyError, load_policy
-from tests.e2e.harness import create_failed_run
+from tests.support.failed_runs import create_failed_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from auto_resume.metaflow.deployment import Deployment, read_deployment
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 def linear_deployment(datastore: Path) -> Deployment:
