@@ -1,8 +1,8 @@
 """Tests for auto_resume.cli.main and auto_resume.cli.history on a real local Dagster instance.
 
 The runs are real: tiny jobs executed in-process on a SQLite instance in a temporary
-DAGSTER_HOME, with the tags the sensor puts on resume runs and the log lines that metaflow-dagster
-ops and auto-resume's step ops write (a Metaflow command line, a step summary).
+DAGSTER_HOME, with the tags the sensor puts on resume runs, the log line that metaflow-dagster ops
+write (a Metaflow command line) and the output metadata of auto-resume's step ops (task counts).
 """
 
 import json
@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, Failure, OpExecutionContext, job, op
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    Failure,
+    Field,
+    In,
+    Noneable,
+    Nothing,
+    OpDefinition,
+    OpExecutionContext,
+    job,
+    op,
+)
 
 from auto_resume.cli.main import build_parser, main
 from auto_resume.dagster import tags
@@ -21,14 +33,36 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"
 
 
-@op(config_schema={"metaflow_run_id": str, "log": [str], "fail": bool})
+@op(config_schema={"metaflow_run_id": str, "fail": bool})
 def work(context: OpExecutionContext) -> None:
     """Logs what a real op would, then succeeds or fails as configured."""
     context.log.info(f"$ python flow.py --quiet step start --run-id {context.op_config['metaflow_run_id']}")
-    for line in context.op_config["log"]:
-        context.log.info(line)
     if context.op_config["fail"]:
         raise Failure(description="injected failure")
+
+
+def _step_op(step: str, first: bool) -> OpDefinition:
+    """A step op of a resume job, named, chained and recording its counts as auto-resume's do."""
+    counts = {
+        "cloned": Field(Noneable(int), default_value=None),
+        "executed": Field(Noneable(int), default_value=None),
+    }
+
+    ins = {} if first else {"after": In(Nothing)}
+
+    @op(name=f"TinyFlow_resume__step_{step}", config_schema=counts, ins=ins)
+    def step_op(context: OpExecutionContext) -> None:
+        cloned, executed = context.op_config["cloned"], context.op_config["executed"]
+        if cloned is not None and executed is not None:
+            context.add_output_metadata(
+                {"tasks_cloned": cloned, "tasks_executed": executed, "tasks_failed": 0}
+            )
+
+    return step_op
+
+
+STEPS = ("start", "end")
+STEP_OPS = [_step_op(step, first=index == 0) for index, step in enumerate(STEPS)]
 
 
 @job(name="TinyFlow")
@@ -39,6 +73,9 @@ def tiny_flow() -> None:
 @job(name="TinyFlow_resume")
 def tiny_flow_resume() -> None:
     work()
+    previous = STEP_OPS[0]()
+    for step_op in STEP_OPS[1:]:
+        previous = step_op(after=previous)
 
 
 @job(name="OtherFlow")
@@ -46,9 +83,13 @@ def other_flow() -> None:
     work()
 
 
-def _config(metaflow_run_id: str, fail: bool, log: tuple[str, ...] = ()) -> dict[str, object]:
-    op_config = {"metaflow_run_id": metaflow_run_id, "log": list(log), "fail": fail}
-    return {"ops": {"work": {"config": op_config}}}
+def _config(
+    metaflow_run_id: str, fail: bool, counts: dict[str, tuple[int, int]] | None = None
+) -> dict[str, object]:
+    ops: dict[str, object] = {"work": {"config": {"metaflow_run_id": metaflow_run_id, "fail": fail}}}
+    for step, (cloned, executed) in (counts or {}).items():
+        ops[f"TinyFlow_resume__step_{step}"] = {"config": {"cloned": cloned, "executed": executed}}
+    return {"ops": ops}
 
 
 def _execute(
@@ -56,11 +97,11 @@ def _execute(
     job_def: object,
     metaflow_run_id: str,
     fail: bool,
-    log: tuple[str, ...] = (),
+    counts: dict[str, tuple[int, int]] | None = None,
     run_tags: dict[str, str] | None = None,
 ) -> str:
     result = job_def.execute_in_process(  # type: ignore[attr-defined]
-        run_config=_config(metaflow_run_id, fail, log),
+        run_config=_config(metaflow_run_id, fail, counts),
         instance=instance,
         tags=run_tags or {},
         raise_on_error=False,
@@ -76,11 +117,6 @@ def _resume_tags(root: str, parent: str, attempt: int, origin: str) -> dict[str,
         tags.ORIGIN_METAFLOW_RUN_ID: origin,
         tags.SOURCE_JOB: "TinyFlow",
     }
-
-
-def _summary(step: str, cloned: int, origin: str, executed: int) -> str:
-    # The step op's summary line, as auto_resume/resume_job.py writes it.
-    return f"step {step}: {cloned} task(s) cloned from {origin} in 0.01s, {executed} executed"
 
 
 @dataclass(frozen=True)
@@ -109,7 +145,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             tiny_flow_resume,
             "dagster-bbbbbbbbbbbb",
             fail=False,
-            log=(_summary("start", 1, "dagster-aaaaaaaaaaaa", 0), _summary("end", 0, "dagster-aaaa", 1)),
+            counts={"start": (1, 0), "end": (0, 1)},
             run_tags=_resume_tags(resumed, resumed, 1, "dagster-aaaaaaaaaaaa"),
         )
         exhausted = _execute(instance, tiny_flow, "dagster-cccccccccccc", fail=True)
@@ -118,7 +154,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             tiny_flow_resume,
             "dagster-dddddddddddd",
             fail=True,
-            log=(_summary("start", 1, "dagster-cccccccccccc", 0), _summary("end", 0, "dagster-cc", 1)),
+            counts={"start": (1, 0), "end": (0, 1)},
             run_tags=_resume_tags(exhausted, exhausted, 1, "dagster-cccccccccccc"),
         )
         instance.add_run_tags(resume_failed, {tags.GAVE_UP: "max_attempts (1) reached for this lineage"})

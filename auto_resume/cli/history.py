@@ -7,33 +7,27 @@ refused outright (flow disabled, no Metaflow run id, ...) has no resume run, onl
 ``auto_resume/gave_up`` tag; it is a lineage of its own too.
 """
 
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    IntMetadataValue,
+    MetadataValue,
+    RunRecord,
+    RunsFilter,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
 from auto_resume.dagster import tags
-from auto_resume.dagster.run_facts import metaflow_run_id
+from auto_resume.dagster.run_facts import metaflow_run_id, step_name_of
+from auto_resume.dagster.runs import NOT_FINISHED_STATUSES
 
 Outcome = Literal["succeeded", "failed", "running", "gave_up", "canceled"]
 
-# The resume job's step ops log one summary line each (auto_resume/resume_job.py), e.g.
-# "step body: 5 task(s) cloned from dagster-42eecc53e2dc in 0.03s, 1 executed".
-_STEP_SUMMARY = re.compile(
-    r"^step (?P<step>[^\s:]+): (?P<cloned>\d+) task\(s\) cloned from \S+ in [\d.]+s, "
-    r"(?P<executed>\d+) executed"
-)
 _PAGE_SIZE = 500
-_IN_PROGRESS = {
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-    DagsterRunStatus.MANAGED,
-}
 
 
 class StepCounts(BaseModel):
@@ -64,7 +58,7 @@ class RunSummary(BaseModel):
     )
     tasks_cloned: int | None = Field(description="Tasks cloned, all steps; None for the original run.")
     tasks_executed: int | None = Field(description="Tasks executed, all steps; None for the original run.")
-    steps: tuple[StepCounts, ...] = Field(description="Per-step counts, in the order the steps logged them.")
+    steps: tuple[StepCounts, ...] = Field(description="Per-step counts, in the order the steps finished.")
     gave_up: str | None = Field(description="Why auto-resume will not resume this run (auto_resume/gave_up).")
 
 
@@ -110,22 +104,33 @@ def read_lineages(instance: DagsterInstance, job: str | None = None, limit: int 
 
 
 def step_counts(instance: DagsterInstance, run_id: str) -> tuple[StepCounts, ...]:
-    """Per-step clone/execute counts of a resume run, from its step ops' summary log lines."""
+    """Per-step clone/execute counts of a resume run, from its step ops' output metadata.
+
+    Each step op of a resume job records ``tasks_cloned`` and ``tasks_executed`` on its output
+    (``auto_resume.dagster.resume_job``); an op without them (the first and last ops) is not a step.
+    """
     found: list[StepCounts] = []
     cursor = None
     while True:
-        connection = instance.get_records_for_run(run_id, cursor=cursor, limit=_PAGE_SIZE)
+        connection = instance.get_records_for_run(
+            run_id, cursor=cursor, of_type=DagsterEventType.STEP_OUTPUT, limit=_PAGE_SIZE
+        )
         for record in connection.records:
-            match = _STEP_SUMMARY.match(record.event_log_entry.user_message or "")
-            if match:
-                found.append(
-                    StepCounts(
-                        step=match["step"], cloned=int(match["cloned"]), executed=int(match["executed"])
-                    )
-                )
+            event = record.event_log_entry.dagster_event
+            if event is None or event.step_key is None:
+                continue
+            metadata = event.step_output_data.metadata
+            cloned, executed = _count(metadata, "tasks_cloned"), _count(metadata, "tasks_executed")
+            if cloned is not None and executed is not None:
+                found.append(StepCounts(step=step_name_of(event.step_key), cloned=cloned, executed=executed))
         if not connection.has_more:
             return tuple(found)
         cursor = connection.cursor
+
+
+def _count(metadata: Mapping[str, MetadataValue], key: str) -> int | None:
+    value = metadata.get(key)
+    return value.value if isinstance(value, IntMetadataValue) else None
 
 
 def _root_run_ids(instance: DagsterInstance) -> set[str]:
@@ -225,7 +230,7 @@ def _outcome(newest: RunSummary) -> tuple[Outcome, str | None]:
         return "succeeded", None
     if newest.status == DagsterRunStatus.CANCELED.value:
         return "canceled", None
-    if newest.status in {status.value for status in _IN_PROGRESS}:
+    if newest.status in {status.value for status in NOT_FINISHED_STATUSES}:
         return "running", None
     # A failure not yet given up on: the sensor may still resume it on a later tick.
     return "failed", None

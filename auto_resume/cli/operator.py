@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
 from dagster._core.event_api import EventLogRecord
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from auto_resume.core.decision import Action, Decision, FailedRun, decide, matching_rule
 from auto_resume.core.errors import MetaflowAccessError
@@ -41,8 +40,9 @@ from auto_resume.dagster import tags
 from auto_resume.dagster.code_location import LoadedFlow, load_flow
 from auto_resume.dagster.resume_job import resume_run_config
 from auto_resume.dagster.run_facts import failed_run_facts
-from auto_resume.dagster.sensor import InFlight, resume_tags, resumes_of
-from auto_resume.metaflow.access import MetaflowRun
+from auto_resume.dagster.runs import NOT_FINISHED_STATUSES, resumes_of
+from auto_resume.dagster.sensor import InFlight, resume_tags
+from auto_resume.metaflow.origin import OriginReader
 from auto_resume.metaflow.deployment import Deployment, DeploymentError
 from auto_resume.policy.loading import PolicyError, load_policy
 from auto_resume.policy.model import EffectiveFlowSettings, Policy
@@ -58,7 +58,7 @@ class OperatorError(Exception):
 
 
 class OriginData(Protocol):
-    """What the plan preview reads from the origin run (:class:`MetaflowRun` provides it)."""
+    """What the plan preview reads from the origin run (:class:`OriginReader` provides it)."""
 
     def origin_tasks(self, run_id: str, step_name: str) -> dict[tuple[int, ...], OriginTask]: ...
 
@@ -185,7 +185,7 @@ def explain_run(
         try:
             check_run_id(facts.metaflow_run_id)
             plan = preview_plan(
-                MetaflowRun(deployment), flow, facts.metaflow_run_id, from_step, deployment.job_name
+                OriginReader(deployment), flow, facts.metaflow_run_id, from_step, deployment.job_name
             )
         except MetaflowAccessError as exc:
             plan_error = str(exc)

@@ -28,7 +28,6 @@ from dagster import (
     DefaultSensorStatus,
     JobDefinition,
     RunRequest,
-    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -38,7 +37,6 @@ from dagster import (
 )
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.event_api import EventLogRecord, RunStatusChangeRecordsFilter
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from auto_resume.core.decision import Action, Decision, FailedRun, Situation, decide, failure_signature
 from auto_resume.core.errors import MetaflowAccessError
@@ -47,6 +45,7 @@ from auto_resume.dagster import tags
 from auto_resume.dagster.notify import call_give_up_hook, give_up_values
 from auto_resume.dagster.resume_job import resume_run_config
 from auto_resume.dagster.run_facts import failed_run_facts
+from auto_resume.dagster.runs import resumes_by_parent, resumes_in_flight, runs_by_id
 from auto_resume.metaflow.deployment import Deployment
 from auto_resume.policy.loading import load_policy
 from auto_resume.policy.model import EffectiveFlowSettings, Policy
@@ -195,7 +194,7 @@ def evaluate(
     work += [(r, Pending(r.event_log_entry.run_id, r.storage_id, now, now)) for r in fresh]
     gone = {p.storage_id for p in due} - {r.storage_id for r in again}
     tick.notes += [f"run {p.run_id} was deleted while waiting" for p in due if p.storage_id in gone]
-    runs = _runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
+    runs = runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
     answered = resumes_by_parent(instance, list(runs))
     load = InFlight(instance, policy.max_resumes_in_flight)
     for record, entry in work:
@@ -224,8 +223,7 @@ class InFlight:
 
     def counts(self) -> Counter[str]:
         if self._counts is None:
-            runs = self._instance.get_runs(RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
-            self._counts = Counter(r.tags[tags.SOURCE_JOB] for r in runs if tags.SOURCE_JOB in r.tags)
+            self._counts = resumes_in_flight(self._instance)
         return self._counts
 
     def situation(self, job: str, rules: EffectiveFlowSettings, now: float, seen_at: float) -> Situation:
@@ -363,25 +361,6 @@ def resume_tags(
     }
 
 
-def resumes_of(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
-    """The resume runs answering ``run_id`` (tagged ``auto_resume/parent_run_id``), oldest first.
-
-    The sensor's or a manual one (``auto-resume resume``): either way the failure is answered.
-    """
-    return resumes_by_parent(instance, [run_id]).get(run_id, [])
-
-
-def resumes_by_parent(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, list[DagsterRun]]:
-    """:func:`resumes_of` for many failed runs, in one query (a tick decides up to 200)."""
-    if not run_ids:
-        return {}
-    found: dict[str, list[DagsterRun]] = {}
-    # get_runs lists the newest first.
-    for resume in reversed(instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: list(run_ids)}))):
-        found.setdefault(resume.tags[tags.PARENT_RUN_ID], []).append(resume)
-    return found
-
-
 def _first_tick(instance: DagsterInstance) -> SensorResult:
     latest = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
     after = latest[0].storage_id if latest else 0
@@ -391,12 +370,6 @@ def _first_tick(instance: DagsterInstance) -> SensorResult:
         ),
         cursor=_Cursor(after=after).dump(),
     )
-
-
-def _runs_by_id(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, DagsterRun]:
-    if not run_ids:
-        return {}
-    return {run.run_id: run for run in instance.get_runs(RunsFilter(run_ids=list(set(run_ids))))}
 
 
 def _record_give_up(

@@ -1,0 +1,54 @@
+"""Dagster runs as auto-resume reads them: which statuses mean "still going", and run queries.
+
+Dagster's own status lists live in a private module (``dagster._core.storage.dagster_run``), so
+the sets here are built on the public `DagsterRunStatus`; tests/test_runs.py fails when Dagster
+adds a status, so that someone decides which side it belongs on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+
+from auto_resume.dagster import tags
+
+# A run in one of these has ended: it will not change status again.
+FINISHED_STATUSES: frozenset[DagsterRunStatus] = frozenset(
+    {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+)
+# Queued, starting, running, canceling, suspended, or managed outside Dagster: still going.
+NOT_FINISHED_STATUSES: frozenset[DagsterRunStatus] = frozenset(DagsterRunStatus) - FINISHED_STATUSES
+
+
+def runs_by_id(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, DagsterRun]:
+    """The runs of ``run_ids`` that exist, by id, in one query."""
+    if not run_ids:
+        return {}
+    return {run.run_id: run for run in instance.get_runs(RunsFilter(run_ids=list(set(run_ids))))}
+
+
+def resumes_of(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
+    """The resume runs answering ``run_id`` (tagged ``auto_resume/parent_run_id``), oldest first.
+
+    The sensor's or a manual one (``auto-resume resume``): either way the failure is answered.
+    """
+    return resumes_by_parent(instance, [run_id]).get(run_id, [])
+
+
+def resumes_by_parent(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, list[DagsterRun]]:
+    """:func:`resumes_of` for many failed runs, in one query (a tick decides up to 200)."""
+    if not run_ids:
+        return {}
+    found: dict[str, list[DagsterRun]] = {}
+    # get_runs lists the newest first.
+    for resume in reversed(instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: list(run_ids)}))):
+        found.setdefault(resume.tags[tags.PARENT_RUN_ID], []).append(resume)
+    return found
+
+
+def resumes_in_flight(instance: DagsterInstance) -> Counter[str]:
+    """Resume runs not finished yet, counted by the flow job they resume (``auto_resume/source_job``)."""
+    runs = instance.get_runs(RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
+    return Counter(run.tags[tags.SOURCE_JOB] for run in runs if tags.SOURCE_JOB in run.tags)
