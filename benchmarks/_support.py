@@ -1,8 +1,9 @@
-"""Set-up shared by the benchmarks: a throw-away PostgreSQL-backed Dagster instance.
+"""Set-up shared by the benchmarks: a throw-away PostgreSQL-backed Dagster instance, and figures.
 
-A new database on the test server (``AUTO_RESUME_TEST_PG_URL``, default
-``postgresql+psycopg2://root@127.0.0.1:5432/postgres``, as tests/e2e/harness.py uses) and a
-temporary ``DAGSTER_HOME`` holding this repo's ``dagster.yaml``; both are removed on exit.
+The database and the instance come from the tests' support package (``tests/support``): a new
+database on the test server (``AUTO_RESUME_TEST_PG_URL``, default
+``postgresql+psycopg2://root@127.0.0.1:5432/postgres``) and a temporary ``DAGSTER_HOME`` holding
+this repo's ``dagster.yaml``; both are removed on exit.
 """
 
 import math
@@ -13,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,41 +24,32 @@ if str(ROOT) not in sys.path:
 
 
 @contextmanager
-def postgres_instance(dagster_yaml: str | None = None) -> Iterator[object]:
+def postgres_instance() -> Iterator[object]:
     """A ``DagsterInstance`` on a new PostgreSQL database, dropped afterwards.
 
-    Args:
-        dagster_yaml: Instance configuration to use instead of the repo's ``dagster.yaml``.
+    While it lasts, ``DAGSTER_HOME`` and ``DAGSTER_PG_URL`` name it in this process's
+    environment too: a benchmark's child processes open it from there, as a deployment's do.
     """
-    import psycopg2
-    from dagster import DagsterInstance
+    from tests.support.instance import open_instance
+    from tests.support.postgres import throwaway_database
 
-    from tests.e2e.harness import _psycopg2_dsn, _server_url
-
-    server = _server_url()
-    name = f"auto_resume_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(_psycopg2_dsn(server))
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    home = Path(tempfile.mkdtemp(prefix="auto-resume-bench-home-"))
-    instance = None
-    try:
-        if dagster_yaml is None:
-            shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-        else:
-            (home / "dagster.yaml").write_text(dagster_yaml)
-        os.environ["DAGSTER_HOME"] = str(home)
-        os.environ["DAGSTER_PG_URL"] = server.rsplit("/", 1)[0] + "/" + name
-        instance = DagsterInstance.get()
-        yield instance
-    finally:
-        if instance is not None:
-            instance.dispose()
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-        shutil.rmtree(home, ignore_errors=True)
+    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "DAGSTER_PG_URL")}
+    with (
+        throwaway_database(prefix="auto_resume_bench") as database,
+        tempfile.TemporaryDirectory(prefix="auto-resume-bench-home-") as home_dir,
+    ):
+        home = Path(home_dir)
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+        os.environ.update(DAGSTER_HOME=str(home), DAGSTER_PG_URL=database)
+        try:
+            with open_instance(home, database) as instance:
+                yield instance
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

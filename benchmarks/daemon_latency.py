@@ -34,6 +34,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _support import ROOT, machine, summary
 
@@ -76,7 +77,6 @@ def main() -> None:
                 restarted = time.time()
                 separate.start_daemon()
                 _burst(instance, failed, written, restarted)
-            instance.dispose()
     finally:
         if args.keep:
             print(f"kept {base}")
@@ -95,7 +95,8 @@ def _latency(instance: object, failures: int, spacing: float) -> None:
     from dagster import RunsFilter
 
     from auto_resume.dagster import tags
-    from tests.e2e.harness import create_failed_run, sensor_ticks, wait_for_resume_of, wait_for_run
+    from tests.e2e.harness import sensor_ticks, wait_for_resume_of, wait_for_run
+    from tests.support.failed_runs import create_failed_run
 
     phase_start = time.time()
     failed = []
@@ -130,7 +131,7 @@ def _latency(instance: object, failures: int, spacing: float) -> None:
 
 
 def _write_burst(instance: object, count: int) -> tuple[set[str], float]:
-    from tests.e2e.harness import create_failed_run
+    from tests.support.failed_runs import create_failed_run
 
     started = time.perf_counter()
     failed = {create_failed_run(instance, "LinearFlow") for _ in range(count)}  # type: ignore[arg-type]
@@ -142,11 +143,11 @@ def _burst(instance: object, failed: set[str], written: float, restarted: float)
 
     from auto_resume.dagster import tags
     from tests.e2e.harness import sensor_ticks
+    from tests.support.waiting import wait_until
 
     count = len(failed)
-    deadline = time.monotonic() + 600
-    records = []
-    while time.monotonic() < deadline:
+
+    def all_queued() -> list[object]:
         records = [
             r
             for r in instance.get_run_records(  # type: ignore[attr-defined]
@@ -154,10 +155,10 @@ def _burst(instance: object, failed: set[str], written: float, restarted: float)
             )
             if r.dagster_run.tags.get(tags.PARENT_RUN_ID) in failed
         ]
-        if len(records) >= count:
-            break
-        time.sleep(0.25)
-    assert len(records) == count, f"{len(records)} of {count} resume runs queued within 600s"
+        return records if len(records) >= count else []
+
+    records: list[Any] = wait_until(all_queued, 600, f"not all {count} resume runs queued", interval=0.25)
+    assert len(records) == count, f"{len(records)} of {count} resume runs queued"
     last = max(r.create_timestamp.timestamp() for r in records)
     ticks = sensor_ticks(instance, after=restarted)  # type: ignore[arg-type]
     first = ticks[0].timestamp

@@ -104,7 +104,8 @@ def main() -> None:
         child(args.child, args.ticks)
         return
 
-    from tests.e2e.harness import create_failed_run, write_policy
+    from tests.e2e.harness import write_policy
+    from tests.support.failed_runs import create_failed_run
 
     print(machine())
     with postgres_instance() as instance, tempfile.TemporaryDirectory() as scratch:

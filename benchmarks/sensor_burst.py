@@ -10,15 +10,10 @@ the tick's wall time, the decisions made and the time per failure.
 
 import argparse
 import os
-import shutil
-import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _support import ROOT, postgres_instance
 
 
 def main() -> None:
@@ -30,31 +25,19 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("METAFLOW_USER", "benchmark")
 
-    import psycopg2
-    from dagster import DagsterInstance, build_sensor_context
+    from dagster import build_sensor_context
 
     from auto_resume.dagster.resume_job import build_resume_job
     from auto_resume.dagster.sensor import evaluate
-    from auto_resume.metaflow.access import load_flow_shape
     from auto_resume.metaflow.deployment import read_deployment
-    from tests.e2e.harness import _psycopg2_dsn, _server_url, create_failed_run
+    from auto_resume.metaflow.flows import load_flow_shape
+    from tests.support.failed_runs import create_failed_run
 
-    server = _server_url()
-    name = f"auto_resume_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(_psycopg2_dsn(server))
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    home = Path(tempfile.mkdtemp())
-    try:
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-        os.environ["DAGSTER_HOME"] = str(home)
-        os.environ["DAGSTER_PG_URL"] = server.rsplit("/", 1)[0] + "/" + name
-        instance = DagsterInstance.get()
+    with postgres_instance() as instance:
         deployment = read_deployment(ROOT / "examples" / "generated" / "linear_flow_dagster.py")
         job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
         by_job = {deployment.job_name: deployment, deployment.resume_job_name: deployment}
-        policy = home / "policy.yaml"
+        policy = Path(os.environ["DAGSTER_HOME"]) / "policy.yaml"
         policy.write_text(
             f"version: 1\ndefaults: {{mode: {args.mode}}}\nflows:\n"
             f"  - definitions_file: {deployment.definitions_file}\n"
@@ -62,7 +45,7 @@ def main() -> None:
         first = evaluate(build_sensor_context(instance=instance), by_job, {job.name: job}, policy)
         started = time.perf_counter()
         for _ in range(args.failures):
-            create_failed_run(instance, "LinearFlow")
+            create_failed_run(instance, "LinearFlow")  # type: ignore[arg-type]
         created = time.perf_counter() - started
         context = build_sensor_context(instance=instance, cursor=first.cursor)
         started = time.perf_counter()
@@ -74,12 +57,6 @@ def main() -> None:
             f"one tick ({args.mode}): {tick:.2f}s, {decided} decisions, "
             f"{1000 * tick / max(1, args.failures):.1f} ms per failure"
         )
-        instance.dispose()
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

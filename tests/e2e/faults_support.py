@@ -7,49 +7,16 @@ throw-away PostgreSQL cluster in a temporary directory, so a test can restart "t
 without touching the machine's shared server.
 """
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-import psycopg2
 
 from auto_resume.metaflow.deployment import read_deployment
-from tests.e2e.harness import (
-    ROOT,
-    Deployment,
-    SeparateDeployment,
-    _psycopg2_dsn,
-    _server_url,
-    _wait_for_first_tick,
-    deployment_env,
-    write_policy,
-)
-
-T = TypeVar("T")
-
-
-def wait_for(
-    condition: Callable[[], T], timeout: float, what: str, deployment: Deployment | None = None
-) -> T:
-    """Until ``condition()`` is truthy; its value. Fails with ``what`` and the daemon's state."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    details = deployment.diagnostics() if deployment else ""
-    raise AssertionError(f"{what} within {timeout}s\n{details}")
+from tests.e2e.harness import SeparateDeployment
+from tests.support import ROOT
+from tests.support.processes import free_port, kill_process_group
 
 
 class FaultyDeployment(SeparateDeployment):
@@ -74,18 +41,13 @@ class FaultyDeployment(SeparateDeployment):
         server_url: str | None = None,
         paused_queue: bool = False,
     ) -> None:
-        super().__init__(base)
-        self.server_url = server_url or _server_url()
+        super().__init__(base, server_url)
         self.paused_queue = paused_queue
         self.workspace = base / "workspace.yaml"
         self._locations = locations
 
-    def __enter__(self) -> "FaultyDeployment":
-        name = f"auto_resume_e2e_{uuid.uuid4().hex[:8]}"
-        self._admin(f'CREATE DATABASE "{name}"')
-        self.database = self.server_url.rsplit("/", 1)[0] + "/" + name
-        home = self.base / "dagster_home"
-        home.mkdir(parents=True)
+    def configure_home(self, home: Path) -> str:
+        """The repo's ``dagster.yaml`` (queue paused if asked) and a workspace of the chosen locations."""
         config = (ROOT / "dagster.yaml").read_text()
         if self.paused_queue:
             assert "max_concurrent_runs: 20" in config, "dagster.yaml changed: update FaultyDeployment"
@@ -102,63 +64,12 @@ class FaultyDeployment(SeparateDeployment):
                 for name in self._locations
             )
         )
-        policy_file = self.base / "policy.yaml"
-        write_policy(policy_file)
-        env = deployment_env(home, self.database, policy_file)
-        self.deployment = Deployment(
-            home=home, env=env, policy_file=policy_file, log_file=self.base / "daemon.log"
-        )
-        try:
-            self.start_daemon()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def start_daemon(self) -> None:
-        """Start ``dagster-daemon run`` on this workspace and wait until the sensor has a cursor."""
-        assert self.deployment is not None and self._daemon is None
-        with self.deployment.log_file.open("a") as log:
-            self._daemon = subprocess.Popen(
-                [str(ROOT / ".venv" / "bin" / "dagster-daemon"), "run", "-w", str(self.workspace)],
-                cwd=ROOT,
-                env=self.deployment.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _wait_for_first_tick(self.deployment, self._daemon)
+        return str(self.workspace)
 
     def launch(self, location: str, job: str, config: dict[str, object]) -> str:
         """Submit a run of a metaflow-dagster ``job`` (config for its start op); its run id."""
         assert self.deployment is not None
-        run_id = str(uuid.uuid4())
-        run_config = {"ops": {"op_start": {"config": config}}}
-        command = [str(ROOT / ".venv" / "bin" / "dagster"), "job", "launch", "-w", str(self.workspace)]
-        command += ["-l", location, "-j", job, "--run-id", run_id, "--config-json", json.dumps(run_config)]
-        result = subprocess.run(command, cwd=ROOT, env=self.deployment.env, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return run_id
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop_daemon()
-        if self.database:
-            name = self.database.rsplit("/", 1)[1]
-            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    def _admin(self, statement: str) -> None:
-        connection = psycopg2.connect(_psycopg2_dsn(self.server_url))
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(statement)
-        finally:
-            connection.close()
-
-    @property
-    def daemon_pid(self) -> int | None:
-        """The daemon's pid (also its process group), None when it is not running."""
-        return self._daemon.pid if self._daemon is not None else None
+        return self.deployment.launch(location, job, config)
 
     def daemon_alive(self) -> bool:
         return self._daemon is not None and self._daemon.poll() is None
@@ -167,17 +78,8 @@ class FaultyDeployment(SeparateDeployment):
         """SIGKILL the daemon's process group, as a host crash or the OOM killer would: no clean-up."""
         if self._daemon is None:
             return
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            os.killpg(self._daemon.pid, signal.SIGKILL)
-        self._daemon.wait()
+        kill_process_group(self._daemon)
         self._daemon = None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PrivatePostgres:

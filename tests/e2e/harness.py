@@ -3,6 +3,9 @@
 A fresh PostgreSQL database, a ``DAGSTER_HOME`` holding this repo's ``dagster.yaml``, and one
 ``dagster-daemon run -w workspace.yaml`` started from the repo root, exactly as the README
 deploys it. Only the policy differs from the repo's: it ticks every 5 s and starts running.
+
+The pieces shared with the unit tests and the benchmarks (databases, opening an instance, the
+daemon's process, ``wait_until``, ``create_failed_run``) live in ``tests/support``.
 """
 
 import hashlib
@@ -16,19 +19,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from auto_resume.dagster import tags
 from auto_resume.dagster.sensor import SENSOR_NAME
+from tests.support import ROOT
+from tests.support.instance import open_instance
+from tests.support.postgres import create_database, drop_database, throwaway_database
+from tests.support.processes import start_daemon, stop_daemon
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SERVER_URL = "postgresql+psycopg2://root@127.0.0.1:5432/postgres"
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 EXAMPLES = (
     "linear_flow",
@@ -48,21 +53,41 @@ VERIFIED_ORIGINS: list[int] = []
 ORIGIN_WATCH_BACKOFF = "  backoff:\n    initial_seconds: 4\n"
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Deployment:
-    """The running deployment: where it keeps things and how to reach it."""
+    """The running deployment: where it keeps things and how to reach it.
+
+    Whoever made it calls ``close`` once its daemon is stopped: that disposes the instances
+    ``instance`` opened.
+    """
 
     home: Path
     env: dict[str, str]
     policy_file: Path
     log_file: Path
+    # The workspace its daemon serves and `launch` submits to (relative to the repo root).
+    workspace: str = "workspace.yaml"
     # Checksums of the Metaflow runs its resumes start from (None: not watched).
     origins: "OriginWatch | None" = None
+    # One instance per thread that asked (the origin watch and some tests poll from threads of
+    # their own, as they did with an instance each), disposed by `close`.
+    _instances: dict[int, DagsterInstance] = field(default_factory=dict, init=False, repr=False)
+    _instances_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def instance(self) -> DagsterInstance:
-        os.environ["DAGSTER_HOME"] = str(self.home)
-        os.environ["DAGSTER_PG_URL"] = self.env["DAGSTER_PG_URL"]
-        return DagsterInstance.get()
+        """The deployment's Dagster instance (its home and database), for the calling thread."""
+        with self._instances_lock:
+            key = threading.get_ident()
+            if key not in self._instances:
+                self._instances[key] = open_instance(self.home, self.env["DAGSTER_PG_URL"])
+            return self._instances[key]
+
+    def close(self) -> None:
+        """Dispose every instance ``instance`` opened (their engines and watcher threads)."""
+        with self._instances_lock:
+            instances, self._instances = list(self._instances.values()), {}
+        for instance in instances:
+            instance.dispose()
 
     def diagnostics(self) -> str:
         """The daemon's log tail and the sensor's last ticks, for failure messages."""
@@ -100,7 +125,7 @@ class Deployment:
             "job",
             "launch",
             "-w",
-            "workspace.yaml",
+            self.workspace,
             "-l",
             location,
             "-j",
@@ -247,27 +272,11 @@ def deployment_env(home: Path, database: str, policy_file: Path) -> dict[str, st
     }
 
 
-def _server_url() -> str:
-    return os.environ.get("AUTO_RESUME_TEST_PG_URL", DEFAULT_SERVER_URL)
-
-
-def _psycopg2_dsn(url: str) -> str:
-    return url.replace("postgresql+psycopg2://", "postgresql://", 1)
-
-
 @pytest.fixture(scope="session")
 def database() -> Iterator[str]:
     """A new, empty database on the test server; dropped at the end."""
-    server = _server_url()
-    name = f"auto_resume_e2e_{uuid.uuid4().hex[:8]}"
-    connection = psycopg2.connect(_psycopg2_dsn(server))
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    yield server.rsplit("/", 1)[0] + "/" + name
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    connection.close()
+    with throwaway_database() as url:
+        yield url
 
 
 def write_policy(path: Path, max_attempts: int = 2, extra: str = "") -> None:
@@ -298,21 +307,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
     # Resumes wait a few seconds after a failure: OriginWatch takes the origin's checksums first.
     write_policy(policy_file, extra=ORIGIN_WATCH_BACKOFF)
     env = deployment_env(home, database, policy_file)
-    log_file = base / "daemon.log"
-    with log_file.open("w") as log:
-        daemon = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    running = Deployment(home=home, env=env, policy_file=policy_file, log_file=log_file)
-    watch = OriginWatch(running)
-    running = replace(running, origins=watch)
+    running = Deployment(home=home, env=env, policy_file=policy_file, log_file=base / "daemon.log")
+    daemon = start_daemon(running.workspace, env, running.log_file)
+    watch = running.origins = OriginWatch(running)
     try:
-        _wait_for_first_tick(running, daemon)
+        wait_for_first_tick(running, daemon)
         watch.start()
         yield running
         watch.stop()
@@ -320,40 +319,39 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
         VERIFIED_ORIGINS.append(watch.verified)
     finally:
         watch.stop()
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, 9)
-            daemon.wait()
+        stop_daemon(daemon)
+        running.close()
 
 
-def _wait_for_first_tick(running: Deployment, daemon: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_for_first_tick(running: Deployment, daemon: subprocess.Popen[bytes], timeout: float = 120) -> None:
     """Until the sensor has stored its first cursor: failures after that are seen."""
     from dagster._core.scheduler.instigation import InstigatorType
 
     instance = running.instance()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ticked() -> bool:
         if daemon.poll() is not None:
             pytest.fail(f"dagster-daemon exited:\n{running.log_file.read_text()[-5000:]}")
         for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
             data = state.instigator_data
             if state.name == SENSOR_NAME and data is not None and getattr(data, "cursor", None):
-                return
-        time.sleep(1)
-    pytest.fail(f"{SENSOR_NAME} did not tick within {timeout}s:\n{running.log_file.read_text()[-5000:]}")
+                return True
+        return False
+
+    def log_tail() -> str:
+        return running.log_file.read_text()[-5000:]
+
+    wait_until(ticked, timeout, f"{SENSOR_NAME} did not tick", log_tail, interval=1)
 
 
 def wait_for_run(instance: DagsterInstance, run_id: str, timeout: float = 300) -> DagsterRun:
     """Until the run has finished; the finished run."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def finished() -> DagsterRun | None:
         run = instance.get_run_by_id(run_id)
-        if run is not None and run.status in FINISHED:
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish within {timeout}s")
+        return run if run is not None and run.status in FINISHED else None
+
+    return wait_until(finished, timeout, f"run {run_id} did not finish")
 
 
 def wait_for_resume_of(
@@ -363,15 +361,14 @@ def wait_for_resume_of(
     deployment: "Deployment | None" = None,
 ) -> DagsterRun:
     """Until the sensor has created the resume run answering ``failed_run_id``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def resumed() -> DagsterRun | None:
         runs = instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: failed_run_id}))
-        if runs:
-            assert len(runs) == 1, f"{len(runs)} resume runs for {failed_run_id}"
-            return runs[0]
-        time.sleep(0.5)
-    details = deployment.diagnostics() if deployment else ""
-    raise AssertionError(f"no resume run for {failed_run_id} within {timeout}s\n{details}")
+        assert len(runs) <= 1, f"{len(runs)} resume runs for {failed_run_id}"
+        return runs[0] if runs else None
+
+    details = deployment.diagnostics if deployment else None
+    return wait_until(resumed, timeout, f"no resume run for {failed_run_id}", details)
 
 
 def counts(workdir: Path) -> dict[str, int]:
@@ -379,137 +376,71 @@ def counts(workdir: Path) -> dict[str, int]:
     return {path.stem: len(path.read_text().splitlines()) for path in workdir.glob("*.count")}
 
 
-def create_failed_run(
-    instance: DagsterInstance,
-    job_name: str,
-    *,
-    metaflow_run_id: str = "dagster-0123456789ab",
-    step: str = "process",
-    exception: str = "RuntimeError",
-    message: str = "injected failure",
-    run_tags: dict[str, str] | None = None,
-) -> str:
-    """A failed run of ``job_name`` made through the instance API, as a run worker leaves one.
-
-    The run row, the metaflow-dagster command line in its log (``$ python flow.py ... --run-id``)
-    and a real RUN_FAILURE event whose first step failure carries the Metaflow traceback: the
-    event log is all the sensor reads, so it cannot tell these from runs that executed, and
-    they cost milliseconds instead of a run worker each. Returns the run id.
-    """
-    from dagster import DagsterEvent, DagsterEventType
-    from dagster._core.events import JobFailureData, RunFailureReason
-    from dagster._core.events.log import EventLogEntry
-    from dagster._core.execution.plan.objects import StepFailureData
-    from dagster_shared.error import SerializableErrorInfo
-
-    run = instance.add_run(
-        DagsterRun(
-            job_name=job_name,
-            run_id=str(uuid.uuid4()),
-            tags=run_tags or {},
-            status=DagsterRunStatus.STARTED,
-        )
-    )
-    command = f"$ python flow.py --quiet step {step} --run-id {metaflow_run_id} --task-id 1"
-    # What `context.log.info(...)` stores: a plain log line, no Dagster event type.
-    instance.handle_new_event(
-        EventLogEntry(
-            error_info=None,
-            level=logging.INFO,
-            user_message=command,
-            run_id=run.run_id,
-            timestamp=time.time(),
-            job_name=job_name,
-        )
-    )
-    stderr = (
-        f'Traceback (most recent call last):\n  File "flow.py", line 9, in {step}\n'
-        f"    raise {exception}()\n{exception}: {message}\n\nTask failed.\n"
-    )
-    error = SerializableErrorInfo(f"Command failed (exit 1):\n{stderr}", [], "RuntimeError")
-    step_failure = DagsterEvent(
-        event_type_value=DagsterEventType.STEP_FAILURE.value,
-        job_name=job_name,
-        step_key=f"op_{step}",
-        event_specific_data=StepFailureData(error=error, user_failure_data=None),
-    )
-    instance.report_run_failed(
-        run,
-        job_failure_data=JobFailureData(
-            error=None, failure_reason=RunFailureReason.STEP_FAILURE, first_step_failure_event=step_failure
-        ),
-    )
-    return run.run_id
-
-
 class SeparateDeployment:
     """A deployment of its own (database, ``DAGSTER_HOME``, policy, daemon) beside the session's.
 
     For tests that restart the daemon or edit the policy, so that they do not disturb the tests
     sharing the session deployment. Use as a context manager; the database is dropped after.
+
+    Args:
+        base: A new directory for ``DAGSTER_HOME``, the policy and the daemon's log.
+        server_url: SQLAlchemy URL of the PostgreSQL server to create the database on
+            (default: the test server).
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, server_url: str | None = None) -> None:
         self.base = base
+        self.server_url = server_url
         self.database = ""
         self.deployment: Deployment | None = None
         self._daemon: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "SeparateDeployment":
-        server = _server_url()
-        name = f"auto_resume_e2e_{uuid.uuid4().hex[:8]}"
-        connection = psycopg2.connect(_psycopg2_dsn(server))
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        connection.close()
-        self.database = server.rsplit("/", 1)[0] + "/" + name
-        home = self.base / "dagster_home"
-        home.mkdir(parents=True)
+    def configure_home(self, home: Path) -> str:
+        """Write ``home/dagster.yaml`` (the repo's); the workspace the daemon is to serve."""
         shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-        policy_file = self.base / "policy.yaml"
-        write_policy(policy_file)
-        env = deployment_env(home, self.database, policy_file)
-        self.deployment = Deployment(
-            home=home, env=env, policy_file=policy_file, log_file=self.base / "daemon.log"
-        )
-        self.start_daemon()
+        return "workspace.yaml"
+
+    def __enter__(self) -> "SeparateDeployment":
+        self.database = create_database(self.server_url)
+        try:
+            home = self.base / "dagster_home"
+            home.mkdir(parents=True)
+            workspace = self.configure_home(home)
+            policy_file = self.base / "policy.yaml"
+            write_policy(policy_file)
+            env = deployment_env(home, self.database, policy_file)
+            self.deployment = Deployment(
+                home=home,
+                env=env,
+                policy_file=policy_file,
+                log_file=self.base / "daemon.log",
+                workspace=workspace,
+            )
+            self.start_daemon()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def start_daemon(self) -> None:
         """Start ``dagster-daemon run`` and wait until the sensor has a cursor."""
         assert self.deployment is not None and self._daemon is None
-        with self.deployment.log_file.open("a") as log:
-            self._daemon = subprocess.Popen(
-                [str(ROOT / ".venv" / "bin" / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                cwd=ROOT,
-                env=self.deployment.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _wait_for_first_tick(self.deployment, self._daemon)
+        self._daemon = start_daemon(self.deployment.workspace, self.deployment.env, self.deployment.log_file)
+        wait_for_first_tick(self.deployment, self._daemon)
 
     def stop_daemon(self) -> None:
         """Stop the daemon (SIGTERM, as a service manager would), keeping everything stored."""
         if self._daemon is None:
             return
-        self._daemon.terminate()
-        try:
-            self._daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._daemon.pid, 9)
-            self._daemon.wait()
+        stop_daemon(self._daemon)
         self._daemon = None
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop_daemon()
-        name = self.database.rsplit("/", 1)[1]
-        connection = psycopg2.connect(_psycopg2_dsn(_server_url()))
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.close()
+        if self.deployment is not None:
+            self.deployment.close()
+        if self.database:
+            drop_database(self.database, self.server_url)
 
 
 def sensor_ticks(instance: DagsterInstance, after: float = 0.0) -> list[Any]:
@@ -525,10 +456,9 @@ def sensor_ticks(instance: DagsterInstance, after: float = 0.0) -> list[Any]:
 
 def wait_for_ticks(instance: DagsterInstance, count: int, after: float, timeout: float = 120) -> list[Any]:
     """Until ``count`` sensor ticks that started after ``after`` have finished; those ticks."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def finished_ticks() -> list[Any]:
         ticks = [t for t in sensor_ticks(instance, after) if t.status.value != "STARTED"]
-        if len(ticks) >= count:
-            return ticks
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {count} sensor ticks after {after} within {timeout}s")
+        return ticks if len(ticks) >= count else []
+
+    return wait_until(finished_ticks, timeout, f"fewer than {count} sensor ticks after {after}")

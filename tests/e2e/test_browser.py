@@ -6,10 +6,9 @@ on loopback, on the same instance as the session's daemon. After each click the 
 sensor state that the click stored in the instance.
 """
 
-import socket
+import contextlib
 import subprocess
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,8 @@ from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
 
 from auto_resume.dagster.sensor import SENSOR_NAME
 from tests.e2e.harness import ROOT, Deployment
+from tests.support.processes import free_port, start_tied_to_this_thread
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,28 +44,19 @@ PAGE_TIMEOUT = 180.0  # the webserver loads four code locations, each importing 
 STATE_TIMEOUT = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def webserver(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """dagster-webserver serving this repo's workspace on the session's instance; its base URL."""
-    port = _free_port()
+    port = free_port()
     log_file = tmp_path_factory.mktemp("webserver") / "webserver.log"
     with log_file.open("w") as log:
-        server = subprocess.Popen(
+        server = start_tied_to_this_thread(
             [
                 str(ROOT / ".venv" / "bin" / "dagster-webserver"),
                 *("-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)),
             ],
-            cwd=ROOT,
+            log=log,
             env=deployment.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -80,20 +72,19 @@ def webserver(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _wait_until_serving(url: str, server: subprocess.Popen[bytes], log_file: Path) -> None:
-    deadline = time.monotonic() + PAGE_TIMEOUT
-    while time.monotonic() < deadline:
+    def serving() -> bool:
         if server.poll() is not None:
             pytest.fail(f"dagster-webserver exited with {server.returncode}:\n{log_file.read_text()[-4000:]}")
         try:
             with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
-                if response.status == 200:
-                    return
+                return bool(response.status == 200)
         except OSError:
-            pass
-        time.sleep(1)
-    pytest.fail(
-        f"dagster-webserver not serving {url} within {PAGE_TIMEOUT}s:\n{log_file.read_text()[-4000:]}"
-    )
+            return False
+
+    def log_tail() -> str:
+        return log_file.read_text()[-4000:]
+
+    wait_until(serving, PAGE_TIMEOUT, f"dagster-webserver not serving {url}", log_tail, interval=1)
 
 
 @pytest.fixture
@@ -138,26 +129,23 @@ def _page_text(driver: Any) -> str:
 
 
 def _wait_for(condition: Callable[[], Any], timeout: float, what: str, driver: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"{what} within {timeout:.0f}s; the page said:\n{_page_text(driver)}")
+    """``wait_until`` that says what the page showed if ``condition`` never held."""
+    return wait_until(condition, timeout, what, lambda: f"the page said:\n{_page_text(driver)}")
 
 
 def _dismiss_welcome_dialog(driver: Any) -> None:
     """A fresh browser profile gets Dagster's "Join the Dagster community" dialog over the page."""
     from selenium.webdriver.common.by import By
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def skipped() -> bool:
         for button in driver.find_elements(By.TAG_NAME, "button"):
             if button.text.strip() == "Skip" and button.is_displayed():
                 button.click()
-                return
-        time.sleep(0.5)
+                return True
+        return False
+
+    with contextlib.suppress(AssertionError):  # no dialog within 10 s: nothing to dismiss
+        wait_until(skipped, 10, "no welcome dialog")
 
 
 def _switch(driver: Any) -> Any:

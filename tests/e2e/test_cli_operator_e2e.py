@@ -11,7 +11,6 @@ carries the lineage tags and ``auto_resume/manual``, and the counter files show 
 
 import json
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from dagster import DagsterRunStatus, RunsFilter
 from auto_resume.dagster import tags
 from auto_resume.dagster.run_facts import metaflow_run_id
 from tests.e2e.harness import FINISHED, ROOT, Deployment, counts, wait_for_run
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,13 +71,12 @@ def _launch_opted_out(deployment: Deployment, config: dict[str, object]) -> str:
 
 def _wait_until_started(deployment: Deployment, run_id: str, timeout: float = 120) -> None:
     instance = deployment.instance()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def started() -> bool:
         run = instance.get_run_by_id(run_id)
-        if run is not None and run.status == DagsterRunStatus.STARTED:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} did not start within {timeout}s\n{deployment.diagnostics()}")
+        return run is not None and run.status == DagsterRunStatus.STARTED
+
+    wait_until(started, timeout, f"run {run_id} did not start", deployment.diagnostics, interval=0.2)
 
 
 def test_explain_and_manual_resume_of_a_real_failure(deployment: Deployment, tmp_path: Path) -> None:

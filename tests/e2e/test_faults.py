@@ -15,22 +15,17 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 
 from auto_resume.dagster import tags
 from auto_resume.dagster.run_facts import metaflow_run_id
-from tests.e2e.faults_support import (
-    FaultyDeployment,
-    PrivatePostgres,
-    artifact_blob,
-    origin_task_dir,
-    wait_for,
-)
+from tests.e2e.faults_support import FaultyDeployment, PrivatePostgres, artifact_blob, origin_task_dir
 from tests.e2e.harness import (
     counts,
-    create_failed_run,
     sensor_ticks,
     wait_for_resume_of,
     wait_for_run,
     wait_for_ticks,
     write_policy,
 )
+from tests.support.failed_runs import create_failed_run
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +53,8 @@ def _kill_during(separate: FaultyDeployment, after: float, phase: str) -> str:
     assert separate.deployment is not None
     instance = separate.deployment.instance()
     started = time.monotonic()
-    while time.monotonic() < started + 90:
+
+    def killed_in_phase() -> str | None:
         ticks = [t for t in sensor_ticks(instance, after) if t.status.value == "STARTED"]
         reserved = list(ticks[-1].tick_data.reserved_run_ids or []) if ticks else []
         created = len(instance.get_runs(RunsFilter(run_ids=reserved))) if reserved else 0
@@ -70,8 +66,10 @@ def _kill_during(separate: FaultyDeployment, after: float, phase: str) -> str:
             separate.kill_daemon()
             created = len(instance.get_runs(RunsFilter(run_ids=reserved))) if reserved else 0
             return f"killed {phase}: the tick had created {created} of its {len(reserved)} runs"
-        time.sleep(0.02)
-    raise AssertionError(f"no tick in phase {phase!r} within 90s\n{separate.deployment.diagnostics()}")
+        return None
+
+    details = separate.deployment.diagnostics
+    return wait_until(killed_in_phase, 90, f"no tick in phase {phase!r}", details, interval=0.02)
 
 
 @pytest.mark.slow
@@ -114,7 +112,7 @@ def test_sigkill_mid_tick_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         def all_resumed() -> bool:
             return set(_resumes_by_parent(instance)) >= set(created)
 
-        wait_for(all_resumed, 180, "not every failure was resumed", separate.deployment)
+        wait_until(all_resumed, 180, "not every failure was resumed", separate.deployment.diagnostics)
         # Two more finished ticks: a duplicate would come from one of them, or not at all.
         wait_for_ticks(instance, 2, after=time.time())
         resumes = _resumes_by_parent(instance)
@@ -163,7 +161,7 @@ def test_database_restart_during_a_resume_run(tmp_path: Path) -> None:
             run = instance.get_run_by_id(resume.run_id)
             return run is not None and run.status == DagsterRunStatus.STARTED
 
-        wait_for(in_flight, 120, "the resume run did not start", separate.deployment)
+        wait_until(in_flight, 120, "the resume run did not start", separate.deployment.diagnostics)
         server.restart()  # every connection of the daemon, the run worker and this test is cut
         restarted = time.time()
         finished = wait_for_run(instance, resume.run_id, timeout=240)
@@ -234,7 +232,12 @@ def test_origin_data_lost_before_the_resume(tmp_path: Path) -> None:
         blob = artifact_blob("LinearFlow", origins[blob_lost], "start", "value")
         blob.unlink()
         for run_id in (index_lost, blob_lost):  # both were seen and wait for the slot
-            wait_for(lambda r=run_id: r in _waiting(instance), 60, f"{run_id} is not waiting", deployment)
+            wait_until(
+                lambda r=run_id: r in _waiting(instance),
+                60,
+                f"{run_id} is not waiting",
+                deployment.diagnostics,
+            )
         assert [r.run_id for r in instance.get_runs(RunsFilter(job_name="LinearFlow_resume"))] == [
             placeholder
         ]

@@ -5,7 +5,6 @@ fails with a message naming the value, no step command is logged, nothing is wri
 the run, and the sensor records a give-up for it instead of freezing.
 """
 
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from dagster import DagsterEventType, DagsterRunStatus
 from auto_resume.core.run_ids import make_run_id
 from auto_resume.dagster import tags
 from tests.e2e.harness import ROOT, Deployment, wait_for_run
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -74,12 +74,16 @@ def test_hostile_origin_run_ids_are_rejected_before_any_command(deployment: Depl
         assert not (datastore / make_run_id(run_id)).exists()
     # The sensor sees these failed resume runs, gives up on each (no Metaflow run started) and
     # goes on: it is not frozen.
-    deadline = time.monotonic() + 60
     pending = set(launched.values())
-    while pending and time.monotonic() < deadline:
+
+    def all_given_up() -> bool:
         for run_id in list(pending):
             run = instance.get_run_by_id(run_id)
             if run is not None and tags.GAVE_UP in run.tags:
                 pending.discard(run_id)
-        time.sleep(1)
-    assert not pending, f"no give-up recorded for {sorted(pending)}\n{deployment.diagnostics()}"
+        return not pending
+
+    def still_pending() -> str:
+        return f"no give-up recorded for {sorted(pending)}\n{deployment.diagnostics()}"
+
+    wait_until(all_given_up, 60, "a give-up recorded for each", still_pending, interval=1)

@@ -23,26 +23,16 @@ from auto_resume.policy.loading import PolicyError
 from tests.e2e.harness import (
     Deployment,
     SeparateDeployment,
-    create_failed_run,
     sensor_ticks,
     wait_for_resume_of,
     wait_for_run,
     wait_for_ticks,
     write_policy,
 )
+from tests.support.failed_runs import create_failed_run
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def _wait_for(condition, timeout: float, what: str, deployment: Deployment | None = None):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    details = deployment.diagnostics() if deployment else ""
-    raise AssertionError(f"{what} within {timeout}s\n{details}")
 
 
 def _tag(instance: DagsterInstance, run_id: str, key: str) -> str | None:
@@ -72,7 +62,9 @@ def test_attempts_exhausted(deployment: Deployment, tmp_path: Path) -> None:
         assert resume.tags[tags.ROOT_RUN_ID] == original
         assert wait_for_run(instance, resume.run_id).status == DagsterRunStatus.FAILURE
         parent = resume.run_id
-    reason = _wait_for(lambda: _tag(instance, parent, tags.GAVE_UP), 120, "no give-up record", deployment)
+    reason = wait_until(
+        lambda: _tag(instance, parent, tags.GAVE_UP), 120, "no give-up record", deployment.diagnostics
+    )
     assert reason == f"max_attempts (2) spent for the failure of run {original}"
     assert len(_engine_messages(instance, parent, "auto-resume gave up: max_attempts (2)")) == 1
     # What failed, read from real failure events: the user's exception inside Metaflow's traceback,
@@ -121,8 +113,11 @@ def test_backoff_honoured_across_daemon_restart(separate: SeparateDeployment) ->
     run_id = create_failed_run(instance, "LinearFlow")
     (record,) = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records
     failed_at = record.event_log_entry.timestamp
-    _wait_for(
-        lambda: run_id in _pending_run_ids(instance), 60, "the failure did not wait", separate.deployment
+    wait_until(
+        lambda: run_id in _pending_run_ids(instance),
+        60,
+        "the failure did not wait",
+        separate.deployment.diagnostics,
     )
     separate.stop_daemon()  # the waiting resume now lives only in the stored cursor
     time.sleep(max(0.0, failed_at + 42 - time.time()))
@@ -134,7 +129,9 @@ def test_backoff_honoured_across_daemon_restart(separate: SeparateDeployment) ->
     assert record_of_resume.create_timestamp.timestamp() >= failed_at + 40
     # The resume of a made-up Metaflow run fails; with max_attempts 1 that lineage is given up.
     assert wait_for_run(instance, resume.run_id).status == DagsterRunStatus.FAILURE
-    _wait_for(lambda: _tag(instance, resume.run_id, tags.GAVE_UP), 60, "no give-up", separate.deployment)
+    wait_until(
+        lambda: _tag(instance, resume.run_id, tags.GAVE_UP), 60, "no give-up", separate.deployment.diagnostics
+    )
     assert len(instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: run_id}))) == 1
 
 
@@ -162,7 +159,7 @@ def test_observe_only_burst_of_100(separate: SeparateDeployment) -> None:
     def undecided() -> list[str]:
         return [r for r in run_ids if _tag(instance, r, tags.OBSERVED) is None]
 
-    _wait_for(lambda: not undecided(), 120, "not every failure was decided", separate.deployment)
+    wait_until(lambda: not undecided(), 120, "not every failure was decided", separate.deployment.diagnostics)
     decided_at = []
     for run_id in run_ids:
         (message,) = _engine_messages(instance, run_id, "auto-resume (observe mode) would")  # exactly once
@@ -198,9 +195,9 @@ def test_broken_policy_then_fixed_loses_nothing(separate: SeparateDeployment) ->
     time.sleep(12)
     assert all(_tag(instance, r, tags.OBSERVED) is None for r in run_ids)
     write_policy(separate.deployment.policy_file, extra="  mode: observe\n")
-    _wait_for(
+    wait_until(
         lambda: all(_tag(instance, r, tags.OBSERVED) for r in run_ids),
         240,  # the fixed policy is read on the next tick; a workspace reload may come first
         "failures from the broken period were not handled after the fix",
-        separate.deployment,
+        separate.deployment.diagnostics,
     )

@@ -15,10 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ import pytest
 
 from auto_resume.core.run_ids import make_run_id
 from auto_resume.metaflow.deployment import read_deployment
+from tests.support.processes import free_port, start_tied_to_this_thread
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,34 +43,28 @@ CREDENTIALS = {
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture()
 def s3_endpoint(tmp_path: Path) -> Iterator[str]:
     """URL of a moto S3 server on loopback holding an empty bucket ``BUCKET``; stopped after."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "moto.log").open("wb")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    server = start_tied_to_this_thread(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log=log
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         client = _client(endpoint)
-        deadline = time.monotonic() + 60
-        while True:
+
+        def bucket_created() -> bool:
             try:
                 client.create_bucket(Bucket=BUCKET)
-                break
+                return True
             except Exception:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+                if server.poll() is not None:
+                    raise  # the server is gone: no point waiting
+                return False
+
+        wait_until(bucket_created, 60, f"moto server on {endpoint} did not create {BUCKET}", interval=0.2)
         yield endpoint
     finally:
         server.terminate()
@@ -258,7 +252,7 @@ def _run_resume(definitions: str, origin_run: str) -> dict[str, Any]:
     from dagster import DagsterInstance
 
     from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
-    from auto_resume.metaflow.access import load_flow_shape
+    from auto_resume.metaflow.flows import load_flow_shape
 
     deployment = read_deployment(Path(definitions))
     job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
