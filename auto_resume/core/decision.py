@@ -155,6 +155,28 @@ def decide(failed: FailedRun, rules: FlowRules, situation: Situation | None = No
         alone, nothing recorded) or GIVE_UP (auto-resume will never resume it: recorded on the run).
     """
     now = situation or Situation(now=failed.failed_at)
+    skipped = _skip(failed, rules, now)
+    if skipped is not None:
+        return skipped
+    root = failed.root_run_id or failed.run_id
+    attempt = failed.attempt + 1
+    reason = _give_up_reason(failed, rules, attempt, root)
+    if reason is not None:
+        return Decision(Action.GIVE_UP, reason, attempt, root)
+    wait = _wait(failed, rules, now, attempt)
+    if wait is not None:
+        reason, due_at = wait
+        return Decision(Action.WAIT, reason, attempt, root, due_at)
+    return Decision(
+        Action.RESUME,
+        f"resume {failed.metaflow_run_id} (attempt {attempt} of {rules.max_attempts})",
+        attempt,
+        root,
+    )
+
+
+def _skip(failed: FailedRun, rules: FlowRules, now: Situation) -> Decision | None:
+    """SKIP when the run is not auto-resume's to decide: opted out, retried, disabled, too old."""
     if failed.opted_out:
         return Decision(Action.SKIP, f"run {failed.run_id} is tagged auto_resume/opt_out=true")
     if failed.will_retry:
@@ -169,65 +191,43 @@ def decide(failed: FailedRun, rules: FlowRules, situation: Situation | None = No
             f"run {failed.run_id} failed {age:.0f}s before it was seen, more than "
             f"max_failure_age_seconds ({rules.max_failure_age_seconds})",
         )
-    root = failed.root_run_id or failed.run_id
-    attempt = failed.attempt + 1
+    return None
+
+
+def _give_up_reason(failed: FailedRun, rules: FlowRules, attempt: int, root: str) -> str | None:
+    """Why the failure must never be resumed, if it must not: nothing to resume, or the rules."""
     if failed.metaflow_run_id is None:
-        return Decision(
-            Action.GIVE_UP,
-            f"run {failed.run_id} failed before any Metaflow step started: nothing to resume",
-            attempt,
-            root,
-        )
+        return f"run {failed.run_id} failed before any Metaflow step started: nothing to resume"
     matched = matching_rule(failed, rules.errors)
     if matched is not None and matched[1].action == "never":
-        return Decision(
-            Action.GIVE_UP,
+        return (
             f"error rule errors[{matched[0]}] says never resume this failure "
-            f"({failed.failure_reason}, step {failed.step_name}, {failed.exception_class})",
-            attempt,
-            root,
+            f"({failed.failure_reason}, step {failed.step_name}, {failed.exception_class})"
         )
     if attempt > rules.max_attempts:
-        return Decision(
-            Action.GIVE_UP,
-            f"max_attempts ({rules.max_attempts}) spent for the failure of run {root}",
-            attempt,
-            root,
-        )
+        return f"max_attempts ({rules.max_attempts}) spent for the failure of run {root}"
     signature = failure_signature(failed.step_name, failed.exception_class, failed.message)
     if rules.stop_on_same_failure and failed.parent_failure == signature:
-        return Decision(
-            Action.GIVE_UP,
+        return (
             f"resume attempt {failed.attempt} failed like the attempt before it (step "
-            f"{failed.step_name}, {failed.exception_class}): not transient",
-            attempt,
-            root,
+            f"{failed.step_name}, {failed.exception_class}): not transient"
         )
+    return None
+
+
+def _wait(failed: FailedRun, rules: FlowRules, now: Situation, attempt: int) -> tuple[str, float] | None:
+    """Why not yet and when to decide again: backoff, time windows, in-flight caps."""
     due = failed.failed_at + backoff_delay(rules.backoff, attempt, failed.run_id)
     if now.now < due:
-        return Decision(Action.WAIT, f"backoff: attempt {attempt} is due at {_utc(due)}", attempt, root, due)
+        return f"backoff: attempt {attempt} is due at {_utc(due)}", due
     if not window_open(rules.windows, now.now):
         # Windows are given to the minute: look again at the next minute, not on every tick.
-        next_minute = now.now - now.now % 60 + 60
-        return Decision(Action.WAIT, "outside the policy's time windows", attempt, root, next_minute)
+        return "outside the policy's time windows", now.now - now.now % 60 + 60
     if now.max_in_flight is not None and now.in_flight >= now.max_in_flight:
-        return Decision(
-            Action.WAIT, f"max_resumes_in_flight ({now.max_in_flight}) reached", attempt, root, now.now
-        )
+        return f"max_resumes_in_flight ({now.max_in_flight}) reached", now.now
     if rules.max_resumes_in_flight is not None and now.in_flight_for_flow >= rules.max_resumes_in_flight:
-        return Decision(
-            Action.WAIT,
-            f"max_resumes_in_flight for {failed.job_name} ({rules.max_resumes_in_flight}) reached",
-            attempt,
-            root,
-            now.now,
-        )
-    return Decision(
-        Action.RESUME,
-        f"resume {failed.metaflow_run_id} (attempt {attempt} of {rules.max_attempts})",
-        attempt,
-        root,
-    )
+        return f"max_resumes_in_flight for {failed.job_name} ({rules.max_resumes_in_flight}) reached", now.now
+    return None
 
 
 def _utc(moment: float) -> str:
