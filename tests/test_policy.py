@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from auto_resume.policy.loading import PolicyError, default_policy_path, load_policy
 from auto_resume.policy.model import EffectiveFlowSettings, FlowEntry, Policy
+from auto_resume.policy.settings import Defaults, Overrides
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -536,3 +538,17 @@ def test_repo_example_policy_is_valid() -> None:
     policy = load_policy(REPO_ROOT / "policy.yaml")
     assert policy.sensor.default_status == "stopped"
     assert len(policy.flows) >= 3
+
+
+def test_overrides_are_the_defaults_made_optional() -> None:
+    """Each setting is declared once, in Defaults; Overrides takes its type and checks, or null."""
+    assert tuple(Overrides.model_fields) == tuple(Defaults.model_fields)
+    assert Overrides().model_dump() == dict.fromkeys(Defaults.model_fields)
+    for bad in (
+        {"max_attempts": -1},
+        {"enabled": "yes"},
+        {"max_resumes_in_flight": 0},
+        {"tags": {"dagster/x": "1"}},
+    ):
+        with pytest.raises(ValidationError):
+            Overrides.model_validate(bad)
