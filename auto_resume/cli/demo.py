@@ -22,6 +22,7 @@ from dagster import (
     build_sensor_context,
 )
 
+from auto_resume.cli.history import step_counts
 from auto_resume.dagster.code_location import build_definitions
 from auto_resume.dagster.run_facts import metaflow_run_id
 from auto_resume.dagster.sensor import SENSOR_NAME
@@ -79,10 +80,8 @@ def run_demo(echo: Callable[[str], None], width: int = 6, fail_index: int = 3) -
                 raise_on_error=False,
             )
             echo(f"5. resume run {resumed.run_id}: {'succeeded' if resumed.success else 'FAILED'}")
-            for event in instance.all_logs(resumed.run_id):
-                message = event.user_message or ""
-                if message.startswith("step ") and " cloned from " in message:
-                    echo(f"     {message}")
+            for counts in step_counts(instance, resumed.run_id):
+                echo(f"     step {counts.step}: {counts.cloned} task(s) cloned, {counts.executed} executed")
             echo("6. how many times each task's user code ran, from the counter files:")
             for counter in sorted(workdir.glob("*.count")):
                 runs = len(counter.read_text().splitlines())

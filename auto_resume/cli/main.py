@@ -14,13 +14,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from auto_resume.dagster import tags
-
-if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for dagster
-    from auto_resume.cli.history import Lineage, RunSummary
-    from auto_resume.cli.operator import Explanation, ResumePlan, ResumeRequest
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -94,6 +88,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     from auto_resume.cli.history import read_lineages
+    from auto_resume.cli.render import format_history
 
     instance = _open_instance()
     try:
@@ -106,7 +101,8 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from auto_resume.cli.operator import OperatorError, check_dagster_run_id, explain_run
+    from auto_resume.cli.explain import OperatorError, check_dagster_run_id, explain_run
+    from auto_resume.cli.render import explanation_document, format_explanation
     from auto_resume.policy.loading import default_policy_path
 
     policy = Path(args.policy) if args.policy else default_policy_path()
@@ -123,13 +119,9 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from auto_resume.cli.operator import (
-        OperatorError,
-        check_dagster_run_id,
-        explain_run,
-        prepare_resume,
-        submit_resume,
-    )
+    from auto_resume.cli.explain import OperatorError, check_dagster_run_id, explain_run
+    from auto_resume.cli.render import explanation_document, format_resume
+    from auto_resume.cli.submit import prepare_resume, submit_resume
     from auto_resume.policy.loading import default_policy_path
 
     policy = (Path(args.policy) if args.policy else default_policy_path()).absolute()
@@ -196,143 +188,6 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def explanation_document(explanation: Explanation, policy: Path) -> dict[str, Any]:
-    """``auto-resume explain --json``: the run, its failure, the decision and the plan."""
-    facts, decision, plan = explanation.facts, explanation.decision, explanation.plan
-    return {
-        "run_id": explanation.run.run_id,
-        "job_name": explanation.run.job_name,
-        "status": explanation.run.status.value,
-        "metaflow_run_id": facts.metaflow_run_id,
-        "policy": str(policy),
-        "failure": {
-            "reason": facts.failure_reason,
-            "step": facts.step_name,
-            "exception": facts.exception_class,
-            "message": facts.message,
-        },
-        "decision": {
-            "action": decision.action.value,
-            "reason": decision.reason,
-            "attempt": decision.attempt,
-            "root_run_id": decision.root_run_id or None,
-            "due_at": decision.due_at,
-            "error_rule": explanation.rule_index,
-        },
-        "resumes": [
-            {"run_id": run.run_id, "status": run.status.value, "manual": tags.MANUAL in run.tags}
-            for run in explanation.resumes
-        ],
-        "plan": _plan_document(plan) if plan is not None else None,
-        "plan_error": explanation.plan_error,
-    }
-
-
-def _plan_document(plan: ResumePlan) -> dict[str, Any]:
-    from auto_resume.cli.operator import plan_summary
-
-    return {
-        "origin_metaflow_run_id": plan.origin_run_id,
-        "from_step": plan.from_step,
-        "tasks_cloned": plan.cloned,
-        "tasks_executed": plan.executed,
-        "steps": [
-            {"step": step, "cloned": cloned, "executed": executed}
-            for step, (cloned, executed) in plan_summary(plan).items()
-        ],
-        "tasks": [
-            {"step": t.step, "task_id": t.task_id, "action": t.action, "origin": t.origin, "why": t.why}
-            for t in plan.tasks
-        ],
-        "unknown_after": list(plan.unknown_after),
-    }
-
-
-def format_explanation(explanation: Explanation, policy: Path) -> str:
-    """``auto-resume explain`` as text."""
-    run, facts, decision = explanation.run, explanation.facts, explanation.decision
-    lines = [
-        f"run {run.run_id}: {run.job_name}, {run.status.value}, "
-        f"Metaflow run {facts.metaflow_run_id or '(none logged)'}",
-    ]
-    if run.status.value == "FAILURE":
-        where = f"step {facts.step_name}" if facts.step_name else "no step"
-        what = f"{facts.exception_class}: {facts.message}" if facts.exception_class else facts.message
-        lines.append(f"failure: {facts.failure_reason or 'unknown'} in {where}: {_short(what)}")
-    lineage = f"attempt {facts.attempt} of the lineage of {facts.root_run_id}" if facts.attempt else ""
-    lines.append(f"lineage: {lineage or 'an original run (attempt 0)'}")
-    rules = explanation.rules
-    lines.append(
-        f"policy: {policy}: {explanation.deployment.job_name} enabled={rules.enabled}, "
-        f"mode={rules.mode}, max_attempts={rules.max_attempts}"
-    )
-    rule = (
-        f"errors[{explanation.rule_index}] matched" if explanation.rule_index is not None else "none matched"
-    )
-    lines.append(f"error rules: {rule}")
-    resumes = ", ".join(_describe(r) for r in explanation.resumes) or "none"
-    lines.append(f"resume runs of it so far: {resumes}")
-    lines.append(f"decision: {decision.action.value}: {decision.reason}")
-    lines.append(_format_plan(explanation.plan, explanation.plan_error))
-    return "\n".join(lines)
-
-
-def _describe(run: Any) -> str:
-    from auto_resume.cli.operator import describe_run
-
-    return describe_run(run)
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_TASKS_SHOWN = 12  # per step, in text; --json lists every task
-
-
-def _format_plan(plan: ResumePlan | None, error: str | None) -> str:
-    from auto_resume.cli.operator import plan_summary
-
-    if plan is None:
-        return f"plan: none: {error}"
-    origin = plan.origin_run_id + (f", from step {plan.from_step}" if plan.from_step else "")
-    lines = [
-        f"plan: a new Metaflow run from {origin}: {plan.cloned} task(s) cloned, "
-        f"{plan.executed} executed (user code runs for {plan.executed} of {len(plan.tasks)})"
-    ]
-    for step, (cloned, executed) in plan_summary(plan).items():
-        lines.append(f"  step {step}: {cloned} cloned, {executed} executed")
-        tasks = [t for t in plan.tasks if t.step == step]
-        for task in tasks[:_TASKS_SHOWN]:
-            verb = "clone " if task.action == "clone" else "re-run" if task.origin else "run   "
-            lines.append(f"    {verb} {step}/{task.task_id:<8} {task.why}")
-        if len(tasks) > _TASKS_SHOWN:
-            lines.append(f"    ... and {len(tasks) - _TASKS_SHOWN} more (--json lists every task)")
-    if plan.unknown_after:
-        lines.append(
-            f"  then: the tasks after {', '.join(plan.unknown_after)} (not finished in the origin "
-            "run), known once it has run"
-        )
-    return "\n".join(lines)
-
-
-def format_resume(explanation: Explanation, request: ResumeRequest, submitted: str | None) -> str:
-    """``auto-resume resume`` as text."""
-    lines = [f"decision: {explanation.decision.action.value}: {explanation.decision.reason}"]
-    lines += [f"note: {note}" for note in request.notes]
-    lines.append(f"resume job {request.job_name}, run config {json.dumps(request.run_config)}")
-    lines += [f"  tag {key} = {value}" for key, value in sorted(request.tags.items())]
-    lines.append(_format_plan(explanation.plan, explanation.plan_error))
-    if submitted is None:
-        lines.append("dry run: nothing submitted")
-    else:
-        lines.append(
-            f"submitted run {submitted} of {request.job_name} to the run queue (the daemon launches it)"
-        )
-    return "\n".join(lines)
-
-
 def _open_instance() -> Any:
     from dagster import DagsterInstance
 
@@ -348,32 +203,6 @@ def _open_instance() -> Any:
         # Whatever the cause (no such directory, bad dagster.yaml, database down), the fix is
         # in the instance's configuration: say which one was tried.
         raise CommandError(f"cannot open the Dagster instance in DAGSTER_HOME={home}: {exc}") from exc
-
-
-def format_history(lineages: list[Lineage], job: str | None) -> str:
-    """``auto-resume history`` as text: one block per lineage, one line per run."""
-    if not lineages:
-        return f"no resume lineages{f' of {job}' if job else ''} in this instance"
-    blocks = []
-    for lineage in lineages:
-        outcome = lineage.outcome.replace("_", " ")
-        if lineage.reason:
-            outcome += f": {lineage.reason}"
-        header = (
-            f"{lineage.job_name or '?'}: failure {lineage.root_run_id}, "
-            f"{len(lineage.attempts)} resume attempt(s) -> {outcome}"
-        )
-        lines = [header, _format_run("original", lineage.original)]
-        lines += [_format_run(f"attempt {run.attempt}", run) for run in lineage.attempts]
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
-
-
-def _format_run(label: str, run: RunSummary) -> str:
-    parts = [f"  {label:<10} {run.run_id}  {run.status:<9}", f"metaflow {run.metaflow_run_id or '-'}"]
-    if run.tasks_cloned is not None:
-        parts.append(f"cloned {run.tasks_cloned}, executed {run.tasks_executed}")
-    return "  ".join(parts)
 
 
 def _positive(text: str) -> int:

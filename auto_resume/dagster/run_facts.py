@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dagster import DagsterInstance, DagsterRun
+from dagster import DagsterInstance, DagsterRun, EventLogEntry
+
+# No public API exposes the failure details of a RUN_FAILURE or STEP_FAILURE event: these two
+# private classes are read here only, and tests/test_run_facts.py builds events from them.
 from dagster._core.events import JobFailureData
-from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.plan.objects import StepFailureData
 from dagster_shared.error import SerializableErrorInfo
 

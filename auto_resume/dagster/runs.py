@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
+from auto_resume.core.decision import Situation
 from auto_resume.dagster import tags
+from auto_resume.policy.model import EffectiveFlowSettings
 
 # A run in one of these has ended: it will not change status again.
 FINISHED_STATUSES: frozenset[DagsterRunStatus] = frozenset(
@@ -52,3 +54,29 @@ def resumes_in_flight(instance: DagsterInstance) -> Counter[str]:
     """Resume runs not finished yet, counted by the flow job they resume (``auto_resume/source_job``)."""
     runs = instance.get_runs(RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
     return Counter(run.tags[tags.SOURCE_JOB] for run in runs if tags.SOURCE_JOB in run.tags)
+
+
+class InFlight:
+    """Resume runs queued or running, counted once per tick (only when a cap needs it)."""
+
+    def __init__(self, instance: DagsterInstance, cap: int | None) -> None:
+        self._instance, self.cap = instance, cap
+        self._counts: Counter[str] | None = None
+
+    def counts(self) -> Counter[str]:
+        """Resume runs in flight by flow job, read on first use."""
+        if self._counts is None:
+            self._counts = resumes_in_flight(self._instance)
+        return self._counts
+
+    def situation(self, job: str, rules: EffectiveFlowSettings, now: float, seen_at: float) -> Situation:
+        """The moment and the load that :func:`decide` weighs for a failure of ``job``."""
+        if self.cap is None and rules.max_resumes_in_flight is None:
+            return Situation(now=now, first_seen_at=seen_at)
+        counts = self.counts()
+        return Situation(now, seen_at, sum(counts.values()), counts[job], self.cap)
+
+    def add(self, job: str) -> None:
+        """Count a resume of ``job`` requested during this tick."""
+        if self._counts is not None:
+            self._counts[job] += 1

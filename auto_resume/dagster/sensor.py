@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,10 +23,13 @@ from pathlib import Path
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterInvalidConfigError,
     DagsterRun,
     DefaultSensorStatus,
+    EventLogRecord,
     JobDefinition,
     RunRequest,
+    RunStatusChangeRecordsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -35,17 +37,15 @@ from dagster import (
     sensor,
     validate_run_config,
 )
-from dagster._core.errors import DagsterInvalidConfigError
-from dagster._core.event_api import EventLogRecord, RunStatusChangeRecordsFilter
 
-from auto_resume.core.decision import Action, Decision, FailedRun, Situation, decide, failure_signature
+from auto_resume.core.decision import Action, Decision, FailedRun, decide, failure_signature
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.run_ids import check_run_id
 from auto_resume.dagster import tags
 from auto_resume.dagster.notify import call_give_up_hook, give_up_values
 from auto_resume.dagster.resume_job import resume_run_config
 from auto_resume.dagster.run_facts import failed_run_facts
-from auto_resume.dagster.runs import resumes_by_parent, resumes_in_flight, runs_by_id
+from auto_resume.dagster.runs import InFlight, resumes_by_parent, runs_by_id
 from auto_resume.metaflow.deployment import Deployment
 from auto_resume.policy.loading import load_policy
 from auto_resume.policy.model import EffectiveFlowSettings, Policy
@@ -170,8 +170,34 @@ def evaluate(
     if cursor is None:
         return _first_tick(instance)
     now = time.time() if now is None else now
-    due = [p for p in cursor.pending if p.due_at <= now]
     tick = _Tick(pending=[p for p in cursor.pending if p.due_at > now])
+    work, fresh = _failures_to_decide(instance, cursor, now, tick)
+    runs = runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
+    answered = resumes_by_parent(instance, list(runs))
+    scope = _Scope(instance, by_job, jobs, policy, InFlight(instance, policy.max_resumes_in_flight), now)
+    for record, entry in work:
+        _evaluate_one(scope, record, entry, runs.get(entry.run_id), answered.get(entry.run_id, []), tick)
+    if fresh:
+        cursor.after = fresh[-1].storage_id
+    cursor.pending = sorted(tick.pending, key=lambda p: p.storage_id)
+    for note in tick.notes:
+        context.log.info(note)
+    if tick.requests:
+        return SensorResult(run_requests=tick.requests, cursor=cursor.dump())
+    waiting = f"; {len(cursor.pending)} waiting" if cursor.pending else ""
+    more = f"; and {len(tick.notes) - 20} more (see the tick's log)" if len(tick.notes) > 20 else ""
+    summary = "; ".join(tick.notes[:20]) + more or "no failed runs of watched flows to decide"
+    return SensorResult(skip_reason=SkipReason(summary + waiting), cursor=cursor.dump())
+
+
+def _failures_to_decide(
+    instance: DagsterInstance, cursor: _Cursor, now: float, tick: _Tick
+) -> tuple[list[tuple[EventLogRecord, Pending]], Sequence[EventLogRecord]]:
+    """The failure events to decide now (waiting ones that are due, then new ones), and the new ones.
+
+    A waiting failure whose run was deleted meanwhile is left out, with a note on ``tick``.
+    """
+    due = [p for p in cursor.pending if p.due_at <= now]
     # Not filtered by job name in the query: PostgreSQL event storage does not support it.
     fresh: Sequence[EventLogRecord] = []
     if len(cursor.pending) < MAX_PENDING:
@@ -194,61 +220,27 @@ def evaluate(
     work += [(r, Pending(r.event_log_entry.run_id, r.storage_id, now, now)) for r in fresh]
     gone = {p.storage_id for p in due} - {r.storage_id for r in again}
     tick.notes += [f"run {p.run_id} was deleted while waiting" for p in due if p.storage_id in gone]
-    runs = runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
-    answered = resumes_by_parent(instance, list(runs))
-    load = InFlight(instance, policy.max_resumes_in_flight)
-    for record, entry in work:
-        run = runs.get(entry.run_id)
-        existing = answered.get(entry.run_id, [])
-        _evaluate_one(instance, record, entry, run, existing, by_job, jobs, policy, load, now, tick)
-    if fresh:
-        cursor.after = fresh[-1].storage_id
-    cursor.pending = sorted(tick.pending, key=lambda p: p.storage_id)
-    for note in tick.notes:
-        context.log.info(note)
-    if tick.requests:
-        return SensorResult(run_requests=tick.requests, cursor=cursor.dump())
-    waiting = f"; {len(cursor.pending)} waiting" if cursor.pending else ""
-    more = f"; and {len(tick.notes) - 20} more (see the tick's log)" if len(tick.notes) > 20 else ""
-    summary = "; ".join(tick.notes[:20]) + more or "no failed runs of watched flows to decide"
-    return SensorResult(skip_reason=SkipReason(summary + waiting), cursor=cursor.dump())
+    return work, fresh
 
 
-class InFlight:
-    """Resume runs queued or running, counted once per tick (only when a cap needs it)."""
+@dataclass(frozen=True)
+class _Scope:
+    """What every decision of one tick shares."""
 
-    def __init__(self, instance: DagsterInstance, cap: int | None) -> None:
-        self._instance, self.cap = instance, cap
-        self._counts: Counter[str] | None = None
-
-    def counts(self) -> Counter[str]:
-        if self._counts is None:
-            self._counts = resumes_in_flight(self._instance)
-        return self._counts
-
-    def situation(self, job: str, rules: EffectiveFlowSettings, now: float, seen_at: float) -> Situation:
-        """The moment and the load that :func:`decide` weighs for a failure of ``job``."""
-        if self.cap is None and rules.max_resumes_in_flight is None:
-            return Situation(now=now, first_seen_at=seen_at)
-        counts = self.counts()
-        return Situation(now, seen_at, sum(counts.values()), counts[job], self.cap)
-
-    def add(self, job: str) -> None:
-        if self._counts is not None:
-            self._counts[job] += 1
+    instance: DagsterInstance
+    by_job: Mapping[str, Deployment]
+    jobs: Mapping[str, JobDefinition]
+    policy: Policy
+    load: InFlight
+    now: float
 
 
 def _evaluate_one(
-    instance: DagsterInstance,
+    scope: _Scope,
     record: EventLogRecord,
     entry: Pending,
     run: DagsterRun | None,
     existing: Sequence[DagsterRun],
-    by_job: Mapping[str, Deployment],
-    jobs: Mapping[str, JobDefinition],
-    policy: Policy,
-    load: InFlight,
-    now: float,
     tick: _Tick,
 ) -> None:
     """Decide one failure and apply the decision to ``tick``; an error keeps it for a later tick.
@@ -258,51 +250,65 @@ def _evaluate_one(
     if run is None:
         tick.notes.append(f"run {entry.run_id} was deleted before it could be handled")
         return
-    if run.job_name not in by_job:
+    if run.job_name not in scope.by_job:
         return  # not a watched flow
-    deployment = by_job[run.job_name]
+    deployment = scope.by_job[run.job_name]
     try:
-        rules = policy.settings_for(deployment.definitions_file, deployment.job_name)
+        rules = scope.policy.settings_for(deployment.definitions_file, deployment.job_name)
     except KeyError:
         tick.notes.append(f"run {run.run_id}: {deployment.job_name} is no longer in the policy")
         return
+    if existing:
+        # Answered already, e.g. by `auto-resume resume`: a second resume would redo its work.
+        tick.notes.append(
+            f"run {run.run_id} ({run.job_name}): skip: already resumed by run {existing[0].run_id}"
+        )
+        return
     try:
-        if existing:
-            # Answered already, e.g. by `auto-resume resume`: a second resume would redo its work.
-            tick.notes.append(
-                f"run {run.run_id} ({run.job_name}): skip: already resumed by run {existing[0].run_id}"
-            )
-            return
-        facts = failed_run_facts(instance, run, record.event_log_entry)
-        decision = decide(facts, rules, load.situation(deployment.job_name, rules, now, entry.seen_at))
-        request = None
-        if decision.action is Action.RESUME:
-            outcome = _resume_request(deployment, jobs, facts, decision, rules)
-            if isinstance(outcome, Decision):
-                decision = outcome
-            else:
-                request = outcome
-        observe = rules.mode == "observe"
-        if decision.action is Action.WAIT:
-            assert decision.due_at is not None
-            tick.pending.append(Pending(run.run_id, entry.storage_id, entry.seen_at, decision.due_at))
-            return
-        if observe:
-            _record_observed(instance, run, decision)
-        elif request is not None:
-            tick.requests.append(request)
-            load.add(deployment.job_name)
-        elif decision.action is Action.GIVE_UP:
-            _record_give_up(instance, run, decision, policy, tick)
+        _decide_and_apply(scope, record, entry, run, deployment, rules, tick)
     except Exception as exc:
         errors = entry.errors + 1
         message = f"run {run.run_id}: {type(exc).__name__}: {exc}"
         if errors < MAX_ERRORS_PER_RUN:
-            tick.pending.append(Pending(run.run_id, entry.storage_id, entry.seen_at, now, errors))
+            tick.pending.append(Pending(run.run_id, entry.storage_id, entry.seen_at, scope.now, errors))
             tick.notes.append(f"{message} (error {errors} of {MAX_ERRORS_PER_RUN}; tried again next tick)")
         else:
             tick.notes.append(f"{message}; stopped trying after {errors} ticks with errors")
+
+
+def _decide_and_apply(
+    scope: _Scope,
+    record: EventLogRecord,
+    entry: Pending,
+    run: DagsterRun,
+    deployment: Deployment,
+    rules: EffectiveFlowSettings,
+    tick: _Tick,
+) -> None:
+    """Gather the failure's facts, ask :func:`decide`, and request, record or keep it waiting."""
+    instance = scope.instance
+    facts = failed_run_facts(instance, run, record.event_log_entry)
+    situation = scope.load.situation(deployment.job_name, rules, scope.now, entry.seen_at)
+    decision = decide(facts, rules, situation)
+    request = None
+    if decision.action is Action.RESUME:
+        outcome = _resume_request(deployment, scope.jobs, facts, decision, rules)
+        if isinstance(outcome, Decision):
+            decision = outcome
+        else:
+            request = outcome
+    if decision.action is Action.WAIT:
+        assert decision.due_at is not None
+        tick.pending.append(Pending(run.run_id, entry.storage_id, entry.seen_at, decision.due_at))
         return
+    observe = rules.mode == "observe"
+    if observe:
+        _record_observed(instance, run, decision)
+    elif request is not None:
+        tick.requests.append(request)
+        scope.load.add(deployment.job_name)
+    elif decision.action is Action.GIVE_UP:
+        _record_give_up(instance, run, decision, scope.policy, tick)
     prefix = "observe mode, would " if observe else ""
     tick.notes.append(
         f"run {run.run_id} ({run.job_name}): {prefix}{decision.action.value}: {decision.reason}"
