@@ -2,7 +2,7 @@
 
 One run, on a fresh local datastore in a temporary directory, prints:
 
-1. the in-process clone cost per task (``MetaflowRun.clone_task`` over the origin's tasks);
+1. the in-process clone cost per task (``cloning.clone_task`` over the origin's tasks);
 2. the resume of a WIDTH-way ``ForeachFlow`` whose last item failed, by the companion resume job
    executed in-process (``build_resume_job(...).execute_in_process``, ephemeral instance);
 3. Metaflow's own ``python foreach_flow.py resume`` on the same origin run;
@@ -217,15 +217,19 @@ def _metaflow(command: list[str], run_id_file: Path, env: dict[str, str], expect
 
 
 def _clone_cost(deployment, origin: str) -> float:  # type: ignore[no-untyped-def]
-    from auto_resume.metaflow.access import MetaflowRun
+    from auto_resume.metaflow.cloning import clone_task
+    from auto_resume.metaflow.datastore import store_for
+    from auto_resume.metaflow.origin import read_origin_step
+    from auto_resume.metaflow.records import register_run
 
-    access = MetaflowRun(deployment)
+    store = store_for(deployment)
     target = f"clonebench{int(time.time())}"
-    access.register_run(target)
-    tasks = [t for t in access.origin_tasks(origin, "body").values() if t.ok]
+    register_run(store, deployment, target)
+    body = read_origin_step(store, origin, "body")
+    tasks = [t for t in body.tasks.values() if t.ok]
     started = time.monotonic()
     for task in tasks:
-        access.clone_task(task.pathspec, target, "body", task.task_id)
+        clone_task(store, body, task.pathspec, target, task.task_id)
     return (time.monotonic() - started) / max(1, len(tasks))
 
 
@@ -233,7 +237,7 @@ def _resume_job(deployment, origin: str, profile: bool) -> tuple[float, list[str
     from dagster import DagsterInstance
 
     from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
-    from auto_resume.metaflow.access import load_flow_shape
+    from auto_resume.metaflow.flows import load_flow_shape
 
     job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
     instance = DagsterInstance.ephemeral()
@@ -264,13 +268,16 @@ def _resume_job(deployment, origin: str, profile: bool) -> tuple[float, list[str
 
 def _floor(deployment, origin: str, failed_item: int, width: int) -> float:  # type: ignore[no-untyped-def]
     """Run the failed item, the join and end into a scratch run: the work a resume cannot avoid."""
-    from auto_resume.metaflow.access import MetaflowRun
+    from auto_resume.metaflow import commands
+    from auto_resume.metaflow.datastore import store_for
+    from auto_resume.metaflow.origin import OriginReader
+    from auto_resume.metaflow.records import register_run
 
-    access = MetaflowRun(deployment)
+    reader = OriginReader(deployment)
     run_id = f"floorbench{int(time.time())}"
-    access.register_run(run_id)
-    bodies = access.origin_tasks(origin, "body")
-    start = next(iter(access.origin_tasks(origin, "start").values())).pathspec
+    register_run(store_for(deployment), deployment, run_id)
+    bodies = reader.origin_tasks(origin, "body")
+    start = next(iter(reader.origin_tasks(origin, "start").values())).pathspec
     body_task = f"1-{failed_item}"
     steps = [
         ("body", body_task, [start], failed_item),
@@ -285,8 +292,8 @@ def _floor(deployment, origin: str, failed_item: int, width: int) -> float:  # t
     ]
     started = time.monotonic()
     for step, task_id, inputs, split in steps:
-        command = access.step_command(step, run_id, task_id, inputs, split, retry_count=0)
-        result = access.run_step(command, step)
+        command = commands.step_command(deployment, step, run_id, task_id, inputs, split, retry_count=0)
+        result = commands.run_step(deployment, command, step)
         if result.returncode != 0:
             sys.exit(f"floor step {step} failed:\n{result.stderr[-3000:]}")
     return time.monotonic() - started

@@ -136,8 +136,8 @@ def main() -> None:
 
     from auto_resume.dagster.resume_job import build_resume_job
     from auto_resume.dagster.sensor import evaluate
-    from auto_resume.metaflow.access import load_flow_shape
     from auto_resume.metaflow.deployment import read_deployment
+    from auto_resume.metaflow.flows import load_flow_shape
     from auto_resume.policy.loading import load_policy
 
     deployment = read_deployment(ROOT / "examples" / "generated" / "linear_flow_dagster.py")

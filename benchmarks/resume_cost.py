@@ -76,7 +76,7 @@ def _run(scratch: Path, sleep: float) -> None:
     from auto_resume.dagster.code_location import build_definitions
     from auto_resume.dagster.resume_job import resume_run_config
     from auto_resume.dagster.run_facts import metaflow_run_id
-    from auto_resume.metaflow.access import compile_definitions
+    from auto_resume.metaflow.commands import compile_definitions
     from auto_resume.metaflow.deployment import read_deployment
 
     # The flow file is copied so that metaflow-dagster's resume writes its temporary

@@ -34,8 +34,8 @@ from auto_resume.cli.main import main
 from auto_resume.dagster import tags
 from auto_resume.dagster.resume_job import build_resume_job
 from auto_resume.dagster.sensor import evaluate
-from auto_resume.metaflow.access import load_flow_shape
 from auto_resume.metaflow.deployment import read_deployment
+from auto_resume.metaflow.flows import load_flow_shape
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"

@@ -10,7 +10,7 @@ import pytest
 from dagster import Definitions
 
 from auto_resume.dagster.code_location import build_definitions
-from auto_resume.metaflow.access import compile_definitions
+from auto_resume.metaflow.commands import compile_definitions
 from auto_resume.policy.loading import PolicyError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

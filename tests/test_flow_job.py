@@ -22,8 +22,8 @@ from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.run_ids import make_run_id
 from auto_resume.dagster.flow_job import build_flow_job, flow_file_deployment, flow_run_config
 from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
-from auto_resume.metaflow.access import FlowFile, load_flow_file
 from auto_resume.metaflow.deployment import Deployment
+from auto_resume.metaflow.flows import FlowFile, load_flow_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = ROOT / "examples" / "flows"

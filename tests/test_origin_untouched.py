@@ -20,8 +20,8 @@ import pytest
 from dagster import DagsterInstance
 
 from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
-from auto_resume.metaflow.access import load_flow_shape
 from auto_resume.metaflow.deployment import Deployment
+from auto_resume.metaflow.flows import load_flow_shape
 from tests.support.linear_origin import failed_linear_origin, linear_deployment
 
 ROOT = Path(__file__).resolve().parents[1]

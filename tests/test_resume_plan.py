@@ -9,7 +9,7 @@ import pytest
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.flow_shape import FlowShape, OriginTask, StepShape
 from auto_resume.core.resume_plan import TaskInstance, TaskRecord, instances_for, plan_step, task_id_for
-from auto_resume.metaflow.access import load_flow_shape
+from auto_resume.metaflow.flows import load_flow_shape
 
 PARAMS = "new/_parameters/params"
 

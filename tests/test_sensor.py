@@ -36,8 +36,8 @@ from auto_resume.dagster import sensor as sensor_module
 from auto_resume.dagster import tags
 from auto_resume.dagster.resume_job import build_resume_job
 from auto_resume.dagster.sensor import build_auto_resume_sensor, evaluate
-from auto_resume.metaflow.access import load_flow_shape
 from auto_resume.metaflow.deployment import Deployment, read_deployment
+from auto_resume.metaflow.flows import load_flow_shape
 from auto_resume.policy.loading import PolicyError, load_policy
 from tests.support.failed_runs import create_failed_run
 

@@ -26,7 +26,8 @@ from auto_resume.cli.history import step_counts
 from auto_resume.dagster.code_location import build_definitions
 from auto_resume.dagster.run_facts import metaflow_run_id
 from auto_resume.dagster.sensor import SENSOR_NAME
-from auto_resume.metaflow.access import client_view, compile_definitions
+from auto_resume.metaflow.commands import compile_definitions
+from auto_resume.metaflow.records import client_view
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "flows"
 FLOW_FILE = "foreach_flow.py"

@@ -13,8 +13,8 @@ from auto_resume.core.flow_shape import FlowShape
 from auto_resume.dagster.flow_job import build_flow_job, flow_file_deployment
 from auto_resume.dagster.resume_job import build_resume_job
 from auto_resume.dagster.sensor import build_auto_resume_sensor
-from auto_resume.metaflow.access import FlowFile, load_flow_file, load_flow_shape
 from auto_resume.metaflow.deployment import Deployment, DeploymentError, read_deployment
+from auto_resume.metaflow.flows import FlowFile, load_flow_file, load_flow_shape
 from auto_resume.policy.loading import PolicyError, default_policy_path, load_policy
 from auto_resume.policy.model import FlowEntry
 

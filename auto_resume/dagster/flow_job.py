@@ -31,16 +31,12 @@ from dagster import Failure, Field, JobDefinition, OpDefinition, OpExecutionCont
 from auto_resume.core.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID
 from auto_resume.core.run_ids import make_run_id
 from auto_resume.dagster.naming import RUN_ID_LOG_PREFIX
-from auto_resume.dagster.resume_job import (
-    DEFAULT_MAX_PARALLEL_TASKS,
-    ResumeContext,
-    access_for,
-    build_step_job,
-)
-from auto_resume.metaflow.access import FlowFile
+from auto_resume.dagster.resume_job import build_step_job
+from auto_resume.dagster.step_execution import DEFAULT_MAX_PARALLEL_TASKS, ResumeContext
+from auto_resume.metaflow import commands, records
+from auto_resume.metaflow.datastore import store_for
 from auto_resume.metaflow.deployment import Deployment, StepOptions
-
-_STDERR_TAIL = 3000
+from auto_resume.metaflow.flows import FlowFile
 
 
 def flow_file_deployment(flow: FlowFile, job_name: str | None = None) -> Deployment:
@@ -96,19 +92,18 @@ def _params_op(deployment: Deployment, flow: FlowFile) -> OpDefinition:
 
     @op(name=params_op_name(deployment), config_schema=schema, out=Out(Any))
     def _params(context: OpExecutionContext) -> ResumeContext:
-        access = access_for(deployment)
         run_id = make_run_id(context.run_id)
         context.log.info(f"{RUN_ID_LOG_PREFIX}{run_id}")
-        access.register_run(run_id)
-        command = access.init_command(run_id, PARAMETERS_TASK_ID)
+        records.register_run(store_for(deployment), deployment, run_id)
+        command = commands.init_command(deployment, run_id, PARAMETERS_TASK_ID)
         context.log.info("$ " + " ".join(command))
-        result = access.run_init(command, dict(context.op_config or {}))
+        result = commands.run_init(deployment, command, dict(context.op_config or {}))
         if result.returncode != 0:
             raise Failure(
                 description=(
                     f"{deployment.flow_name}/{run_id}: creating the parameters task failed "
                     f"(exit {result.returncode}); check the run config's parameter values:\n"
-                    f"{(result.stderr or result.stdout)[-_STDERR_TAIL:]}"
+                    f"{commands.output_tail(result)}"
                 )
             )
         return ResumeContext(

@@ -19,11 +19,6 @@ resume, which starts from it, repeats none of it. The last op, ``<job>_resume__f
 the run if any task failed.
 """
 
-import os
-import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
@@ -31,7 +26,6 @@ from dagster import (
     Field,
     In,
     JobDefinition,
-    MetadataValue,
     Noneable,
     OpDefinition,
     OpExecutionContext,
@@ -43,44 +37,21 @@ from dagster import (
 
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.flow_shape import FlowShape, StepShape, check_step_name
-from auto_resume.core.resume_plan import (
-    PARAMETERS_STEP,
-    PARAMETERS_TASK_ID,
-    TaskAction,
-    TaskRecord,
-    instances_for,
-    parameters_task,
-    plan_step,
-)
+from auto_resume.core.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID, parameters_task
 from auto_resume.core.run_ids import check_run_id, make_run_id
 from auto_resume.dagster import tags
 from auto_resume.dagster.naming import RUN_ID_LOG_PREFIX, finish_op_name
-from auto_resume.metaflow.access import MetaflowRun
+from auto_resume.dagster.step_execution import (
+    DEFAULT_MAX_PARALLEL_TASKS,
+    ResumeContext,
+    StepOutcome,
+    execute_step,
+)
+from auto_resume.metaflow import clone_pool, records
+from auto_resume.metaflow.cloning import clone_task
+from auto_resume.metaflow.datastore import store_for
 from auto_resume.metaflow.deployment import Deployment
-
-DEFAULT_MAX_PARALLEL_TASKS = 4
-# Processes cloning the tasks of a wide step (see MetaflowRun.clone_tasks).
-CLONE_PROCESSES = max(1, min(4, os.cpu_count() or 1))
-_STDERR_TAIL = 3000
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """What a step op hands to the steps after it: its finished tasks, and its failures."""
-
-    records: tuple[TaskRecord, ...]
-    failures: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ResumeContext:
-    """What every step op of one resume run shares."""
-
-    run_id: str
-    origin_run_id: str | None  # None: a first run (the flow job of a `flow_file:` entry)
-    rerun_steps: frozenset[str]
-    parameters_pathspec: str
-    max_parallel_tasks: int
+from auto_resume.metaflow.origin import read_origin_step
 
 
 def _config_schema() -> dict[str, Field]:
@@ -170,6 +141,10 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
     @op(name=origin_op_name(deployment), config_schema=_config_schema(), out=Out(Any))
     def _origin(context: OpExecutionContext) -> ResumeContext:
         config = context.op_config
+        if any(step.type == "foreach" for step in flow.steps):
+            # Only a foreach makes a step wide enough to clone in processes: start their fork
+            # server now, so that it loads while this op and the first steps work.
+            clone_pool.start()
         try:
             origin_run_id = check_run_id(config["origin_run_id"])
             rerun = (
@@ -177,19 +152,17 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
                 if config.get("from_step")
                 else frozenset()
             )
-            access = _access(deployment)
+            store = store_for(deployment)
+            origin = read_origin_step(store, origin_run_id, PARAMETERS_STEP)
             parameters = parameters_task(
-                access.origin_tasks(origin_run_id, PARAMETERS_STEP),
-                deployment.flow_name,
-                deployment.job_name,
-                origin_run_id,
+                origin.tasks, deployment.flow_name, deployment.job_name, origin_run_id
             )
         except MetaflowAccessError as exc:
             raise Failure(description=str(exc)) from exc
         run_id = make_run_id(context.run_id)
         context.log.info(f"{RUN_ID_LOG_PREFIX}{run_id} origin_run_id={origin_run_id}")
-        access.register_run(run_id)
-        access.clone_task(parameters.pathspec, run_id, PARAMETERS_STEP, PARAMETERS_TASK_ID)
+        records.register_run(store, deployment, run_id)
+        clone_task(store, origin, parameters.pathspec, run_id, PARAMETERS_TASK_ID)
         context.log.info(
             f"cloned {parameters.pathspec} -> {run_id}/{PARAMETERS_STEP}/{PARAMETERS_TASK_ID} "
             "(the origin run's parameters)"
@@ -213,7 +186,7 @@ def _step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepS
     @op(name=f"{job_name}__step_{step.name}", ins=ins, out=Out(Any))
     def _step(context: OpExecutionContext, resume: ResumeContext, **parents: StepOutcome) -> StepOutcome:
         by_step = {name[len("from_") :]: outcome.records for name, outcome in parents.items()}
-        return _execute_step(context, deployment, flow, step, resume, by_step)
+        return execute_step(context, deployment, flow, step, resume, by_step)
 
     return _step
 
@@ -237,183 +210,3 @@ def _finish_op(job_name: str, flow: FlowShape) -> OpDefinition:
         context.log.info(f"{flow.name}/{resume.run_id}: every task finished")
 
     return _finish
-
-
-def _execute_step(
-    context: OpExecutionContext,
-    deployment: Deployment,
-    flow: FlowShape,
-    step: StepShape,
-    resume: ResumeContext,
-    parents: Mapping[str, Sequence[TaskRecord]],
-) -> StepOutcome:
-    instances = instances_for(step, flow, parents, resume.parameters_pathspec)
-    if not instances:
-        context.log.info(f"step {step.name}: no task (branch not taken, or its inputs failed)")
-        return StepOutcome(records=())
-    access = _access(deployment)
-    try:
-        origin = access.origin_tasks(resume.origin_run_id, step.name) if resume.origin_run_id else {}
-    except MetaflowAccessError as exc:
-        raise Failure(description=_unreadable_origin(deployment, resume, step.name, exc)) from exc
-    actions = plan_step(instances, origin, rerun=step.name in resume.rerun_steps)
-    records: dict[tuple[int, ...], TaskRecord] = {}
-    clones = [a for a in actions if a.clone]
-    executions = [a for a in actions if not a.clone]
-    # Start the tasks that must run first, then clone while their subprocesses work: clones
-    # are in-process file copies, so on a wide step they cost nothing on the critical path.
-    with _TaskRunner(context, access, step, resume, executions, records) as runner:
-        started = time.monotonic()
-        errors = access.clone_tasks(
-            [(a.origin.pathspec, a.task_id) for a in clones if a.origin is not None],
-            resume.run_id,
-            step.name,
-            processes=CLONE_PROCESSES,
-        )
-        for action in clones:
-            if action.task_id not in errors:
-                pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
-                records[action.instance.indices] = _record(access, step, action, pathspec, cloned=True)
-        clone_seconds = time.monotonic() - started
-    failures = [
-        *runner.failures,
-        *(
-            f"{resume.run_id}/{step.name}/{task_id} could not be cloned: {why}"
-            for task_id, why in errors.items()
-        ),
-    ]
-    summary = (
-        f"step {step.name}: {len(clones)} task(s) cloned from {resume.origin_run_id} "
-        f"in {clone_seconds:.2f}s, {len(executions)} executed"
-        if resume.origin_run_id
-        else f"step {step.name}: {len(executions)} task(s) executed"
-    )
-    # One log line per step, not per cloned task: each event is a row in the event log storage.
-    context.log.info(summary)
-    if failures:
-        context.log.error(
-            f"{summary}; {len(failures)} failed (the steps after it go on with the other tasks):\n"
-            + "\n\n".join(failures)
-        )
-    context.add_output_metadata(
-        {
-            "metaflow_run_id": resume.run_id,
-            "tasks_cloned": len(clones),
-            "tasks_executed": len(executions),
-            "tasks_failed": len(failures),
-            "cloned_from": MetadataValue.md(
-                "\n".join(f"- `{a.origin.pathspec}`" for a in clones[:50] if a.origin)
-                + ("\n- ..." if len(clones) > 50 else "")
-            ),
-        }
-    )
-    return StepOutcome(records=tuple(records[key] for key in sorted(records)), failures=tuple(failures))
-
-
-def _unreadable_origin(
-    deployment: Deployment, resume: ResumeContext, step_name: str, error: MetaflowAccessError
-) -> str:
-    """Why a step cannot be resumed when its origin tasks cannot be read, and what happens next."""
-    root = deployment.top_arg("datastore-root")
-    where = f" under {root}/{deployment.flow_name}/{resume.origin_run_id}/{step_name}/" if root else ""
-    return (
-        f"the origin run's datastore objects of step {step_name} are missing or unreadable{where} "
-        f"({error}): its tasks cannot be cloned. Resuming this run instead executes step "
-        f"{step_name} and the steps after it again (the new run {resume.run_id} has no task of them)."
-    )
-
-
-class _TaskRunner:
-    """Runs tasks as Metaflow subprocesses in a thread pool, from ``__enter__`` to ``__exit__``.
-
-    ``failures`` holds one message per task that failed once the ``with`` block has ended.
-    """
-
-    def __init__(
-        self,
-        context: OpExecutionContext,
-        access: MetaflowRun,
-        step: StepShape,
-        resume: ResumeContext,
-        executions: Sequence[TaskAction],
-        records: dict[tuple[int, ...], TaskRecord],
-    ) -> None:
-        self._context = context
-        self._access = access
-        self._step = step
-        self._resume = resume
-        self._executions = executions
-        self._records = records
-        self._options = access.deployment.step_options(step.name)
-        self._pool: ThreadPoolExecutor | None = None
-        self._futures: list[Future[str | None]] = []
-        self.failures: list[str] = []
-
-    def __enter__(self) -> "_TaskRunner":
-        if self._executions:
-            workers = min(self._resume.max_parallel_tasks, len(self._executions))
-            self._pool = ThreadPoolExecutor(max_workers=workers)
-            self._futures = [self._pool.submit(self._run, action) for action in self._executions]
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._pool is None:
-            return
-        self._pool.shutdown(wait=True)
-        self.failures = [message for future in self._futures if (message := future.result())]
-
-    def _run(self, action: TaskAction) -> str | None:
-        access, step, resume, options = self._access, self._step, self._resume, self._options
-        instance = action.instance
-        access.register_task(resume.run_id, step.name, action.task_id)
-        for attempt in range(options.max_user_code_retries + 1):
-            command = access.step_command(
-                step.name,
-                resume.run_id,
-                action.task_id,
-                instance.input_paths,
-                instance.split_index,
-                retry_count=attempt,
-            )
-            self._context.log.info("$ " + " ".join(command))
-            result = access.run_step(command, step.name)
-            if result.returncode == 0:
-                pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
-                self._records[instance.indices] = _record(access, step, action, pathspec, cloned=False)
-                return None
-            if attempt < options.max_user_code_retries and options.retry_delay_seconds:
-                time.sleep(options.retry_delay_seconds)
-        return (
-            f"{resume.run_id}/{step.name}/{action.task_id} exited with status "
-            f"{result.returncode}:\n{(result.stderr or result.stdout)[-_STDERR_TAIL:]}"
-        )
-
-
-def _record(
-    access: MetaflowRun, step: StepShape, action: TaskAction, pathspec: str, cloned: bool
-) -> TaskRecord:
-    outcome = access.task_outcome(pathspec, step.type)
-    return TaskRecord(
-        indices=action.instance.indices,
-        pathspec=pathspec,
-        cloned=cloned,
-        num_splits=outcome.num_splits,
-        next_steps=outcome.next_steps,
-        widths=action.instance.widths,
-    )
-
-
-_ACCESS: dict[str, MetaflowRun] = {}
-
-
-def access_for(deployment: Deployment) -> MetaflowRun:
-    """The datastore access of ``deployment``, shared by the ops of this process."""
-    return _access(deployment)
-
-
-def _access(deployment: Deployment) -> MetaflowRun:
-    # Keyed by where the flow's data lives too: tests run one flow on several datastores.
-    key = repr((str(deployment.definitions_file), deployment.top_args, sorted(deployment.step_env.items())))
-    if key not in _ACCESS:
-        _ACCESS[key] = MetaflowRun(deployment)
-    return _ACCESS[key]

@@ -1,4 +1,4 @@
-"""Tests for auto_resume.metaflow.access: run id checks and parsing, flow graphs."""
+"""Tests for auto_resume.metaflow.flows (flow graphs), and the run id rules of auto_resume.core.run_ids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.run_ids import check_run_id, make_run_id, run_id_from_command_line
-from auto_resume.metaflow.access import load_flow_shape
+from auto_resume.metaflow.flows import load_flow_shape
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLOWS = REPO_ROOT / "examples" / "flows"

@@ -1,0 +1,161 @@
+"""Every Metaflow command line auto-resume runs, and running it.
+
+``dagster create`` (metaflow-dagster's compiler), ``init`` (a run's parameters task) and ``step``
+(one task), built as metaflow-dagster builds them, run as subprocesses with an environment given
+explicitly: this process's environment plus the deployment's step variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.metaflow.datastore import DefaultConfiguration
+from auto_resume.metaflow.deployment import Deployment
+
+# How much of a failed command's output a message quotes (its end, where the error is).
+OUTPUT_TAIL = 3000
+
+
+def output_tail(result: subprocess.CompletedProcess[str]) -> str:
+    """The end of a finished command's stderr (its stdout when stderr is empty)."""
+    return (result.stderr or result.stdout)[-OUTPUT_TAIL:]
+
+
+def compile_definitions(flow_file: Path, output: Path, env: Mapping[str, str]) -> None:
+    """Run ``python flow.py dagster create output`` (metaflow-dagster's compiler).
+
+    Raises:
+        MetaflowAccessError: The compiler failed; the message carries its output.
+    """
+    command = [
+        sys.executable,
+        str(flow_file),
+        "--no-pylint",
+        "--datastore=local",
+        "--metadata=local",
+        "dagster",
+        "create",
+        str(output),
+    ]
+    result = subprocess.run(
+        command, env=dict(env), cwd=str(flow_file.parent), capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise MetaflowAccessError(
+            f"compiling {flow_file} with metaflow-dagster failed:\n{result.stderr[-OUTPUT_TAIL:]}"
+        )
+
+
+def default_top_args(configuration: DefaultConfiguration) -> tuple[str, ...]:
+    """The top-level Metaflow arguments ``dagster create`` writes for ``configuration``."""
+    root = configuration.datastore_root
+    return (
+        "--quiet",
+        "--no-pylint",
+        f"--metadata={configuration.metadata}",
+        f"--environment={configuration.environment}",
+        f"--datastore={configuration.datastore}",
+        *((f"--datastore-root={root}",) if root else ()),
+        "--event-logger=nullSidecarLogger",
+        "--monitor=nullSidecarMonitor",
+    )
+
+
+def step_command(
+    deployment: Deployment,
+    step_name: str,
+    run_id: str,
+    task_id: str,
+    input_paths: Sequence[str],
+    split_index: int | None,
+    retry_count: int,
+) -> list[str]:
+    """The command line metaflow-dagster would use to run this task."""
+    from metaflow.util import compress_list
+
+    options = deployment.step_options(step_name)
+    command = [sys.executable, str(deployment.flow_file), *deployment.top_args]
+    command += [f"--with={decorator}" for decorator in options.with_decorators]
+    command += [
+        "step",
+        step_name,
+        f"--run-id={run_id}",
+        f"--task-id={task_id}",
+        f"--input-paths={compress_list(list(input_paths))}",
+        f"--retry-count={retry_count}",
+        f"--max-user-code-retries={options.max_user_code_retries}",
+    ]
+    command += [f"--tag={tag}" for tag in options.tags]
+    namespace = deployment.top_arg("namespace")
+    if namespace:
+        command.append(f"--namespace={namespace}")
+    if split_index is not None:
+        command.append(f"--split-index={split_index}")
+    return command
+
+
+def init_command(deployment: Deployment, run_id: str, task_id: str) -> list[str]:
+    """The command that creates a new run's ``_parameters`` task, as metaflow-dagster runs it.
+
+    Parameter values go in ``METAFLOW_INIT_<NAME>`` variables (see ``run_init``).
+    """
+    return [
+        sys.executable,
+        str(deployment.flow_file),
+        *deployment.top_args,
+        "init",
+        f"--run-id={run_id}",
+        f"--task-id={task_id}",
+    ]
+
+
+def step_environment(deployment: Deployment, step_name: str) -> dict[str, str]:
+    """Environment for a step subprocess, as metaflow-dagster builds it."""
+    return {
+        **os.environ,
+        **deployment.step_env,
+        **deployment.step_options(step_name).extra_env,
+    }
+
+
+def run_step(deployment: Deployment, command: list[str], step_name: str) -> subprocess.CompletedProcess[str]:
+    """Run one step command to completion, capturing its output."""
+    return _run(deployment, command, step_environment(deployment, step_name))
+
+
+def run_init(
+    deployment: Deployment, command: list[str], parameters: Mapping[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``init_command`` with ``parameters`` (name -> value; missing ones take their default)."""
+    values = {
+        "METAFLOW_INIT_" + name.upper().replace("-", "_"): _parameter_text(value)
+        for name, value in parameters.items()
+    }
+    return _run(deployment, command, {**os.environ, **deployment.step_env, **values})
+
+
+def _run(deployment: Deployment, command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        env=env,
+        cwd=str(deployment.flow_file.parent),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _parameter_text(value: Any) -> str:
+    """A parameter value as Metaflow parses it from the command line (JSON for lists and maps)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)

@@ -1,0 +1,170 @@
+"""A flow file imported: its flow class, its graph as a FlowShape, and what running it takes.
+
+A flow file is imported once per process (and path); importing it must not run the flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.flow_shape import FlowShape, StepShape, topological
+from auto_resume.metaflow import internals
+from auto_resume.metaflow.commands import default_top_args
+from auto_resume.metaflow.datastore import default_configuration, step_env_for
+from auto_resume.metaflow.deployment import UNSUPPORTED_STEP_DECORATORS
+
+
+@lru_cache(maxsize=64)
+def _import_flow_module(flow_file: Path) -> Any:
+    module_name = "auto_resume_flow_" + hashlib.sha1(str(flow_file).encode()).hexdigest()[:10]
+    spec = importlib.util.spec_from_file_location(module_name, flow_file)
+    if spec is None or spec.loader is None:
+        raise MetaflowAccessError(f"cannot import flow file {flow_file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(flow_file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        raise MetaflowAccessError(
+            f"importing flow file {flow_file} failed: {exc!r}; it must be importable "
+            "(keep `MyFlow()` under `if __name__ == '__main__':`)"
+        ) from exc
+    finally:
+        sys.path.remove(str(flow_file.parent))
+    return module
+
+
+def _flow_class(flow_file: Path, flow_name: str | None) -> Any:
+    """The flow class ``flow_name`` of ``flow_file``; the only one defined there when None."""
+    from metaflow.flowspec import FlowSpec
+
+    module = _import_flow_module(flow_file)
+    if flow_name is not None:
+        flow_class = getattr(module, flow_name, None)
+        if flow_class is None:
+            raise MetaflowAccessError(f"flow file {flow_file} has no flow class {flow_name}")
+        return flow_class
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, FlowSpec)
+        and value is not FlowSpec
+        and value.__module__ == module.__name__
+    ]
+    if len(found) != 1:
+        names = ", ".join(sorted(c.__name__ for c in found)) or "none"
+        raise MetaflowAccessError(
+            f"flow file {flow_file} defines {len(found)} flow classes ({names}); name the one to "
+            "run with `flow_class:` in its policy entry"
+        )
+    return found[0]
+
+
+def load_flow_shape(flow_file: Path, flow_name: str) -> FlowShape:
+    """Import a flow file and return its graph.
+
+    Raises:
+        MetaflowAccessError: The file cannot be imported or has no such flow class.
+    """
+    return _flow_shape(_flow_class(flow_file, flow_name), flow_file)
+
+
+def _flow_shape(flow_class: Any, flow_file: Path) -> FlowShape:
+    from metaflow.graph import FlowGraph
+
+    flow_name = flow_class.__name__
+    graph = FlowGraph(flow_class)
+    steps = []
+    for node in graph.sorted_nodes:
+        shape = graph[node] if isinstance(node, str) else node
+        if shape.parallel_step or shape.parallel_foreach or shape.type == "split-parallel":
+            raise MetaflowAccessError(
+                f"flow {flow_name} in {flow_file}: step {shape.name!r} is a @parallel step (or "
+                "starts one), which metaflow-dagster and auto-resume do not support; remove the "
+                "flow from the policy"
+            )
+        steps.append(
+            StepShape(
+                name=shape.name,
+                type=shape.type,
+                in_funcs=tuple(sorted(shape.in_funcs)),
+                out_funcs=tuple(shape.out_funcs),
+                is_foreach_join=shape.type == "join"
+                and bool(shape.split_parents)
+                and graph[shape.split_parents[-1]].type == "foreach",
+            )
+        )
+    return FlowShape(name=flow_name, steps=topological(steps))
+
+
+@dataclass(frozen=True)
+class FlowFile:
+    """A flow file that auto-resume runs itself: its graph, parameters and step decorators."""
+
+    flow_file: Path
+    shape: FlowShape
+    parameters: tuple[str, ...]
+    # Per step: user-code retries and the delay between them (@retry), @environment variables.
+    retries: dict[str, tuple[int, float]]
+    environment: dict[str, dict[str, str]]
+    top_args: tuple[str, ...]
+    step_env: dict[str, str]
+
+
+def load_flow_file(flow_file: Path, flow_name: str | None = None) -> FlowFile:
+    """Import a flow file and read what running it takes, as metaflow-dagster would compile it.
+
+    The Metaflow arguments are those of this process's Metaflow configuration (datastore,
+    metadata provider, environment), with the datastore root resolved now, as
+    ``dagster create`` resolves it when it writes a definitions file.
+
+    Raises:
+        MetaflowAccessError: The file cannot be imported, names no single flow, or uses a step
+            decorator that changes how a step is launched.
+    """
+    flow_class = _flow_class(flow_file, flow_name)
+    shape = _flow_shape(flow_class, flow_file)
+    retries, environment = _step_decorators(flow_class, shape, flow_file)
+    configuration = default_configuration()
+    return FlowFile(
+        flow_file=flow_file.resolve(),
+        shape=shape,
+        parameters=internals.flow_parameters(flow_class),
+        retries=retries,
+        environment=environment,
+        top_args=default_top_args(configuration),
+        step_env=step_env_for(configuration),
+    )
+
+
+def _step_decorators(
+    flow_class: Any, shape: FlowShape, flow_file: Path
+) -> tuple[dict[str, tuple[int, float]], dict[str, dict[str, str]]]:
+    """Per step: (@retry times, delay) and @environment variables; refuses launcher decorators."""
+    retries: dict[str, tuple[int, float]] = {}
+    environment: dict[str, dict[str, str]] = {}
+    for step in shape.steps:
+        function = getattr(flow_class, step.name)
+        for decorator in getattr(function, "decorators", []):
+            name = getattr(decorator, "name", "")
+            if name in UNSUPPORTED_STEP_DECORATORS:
+                raise MetaflowAccessError(
+                    f"flow {shape.name} in {flow_file}: step {step.name!r} uses @{name}, which "
+                    "changes how the step is launched; auto-resume runs steps as local "
+                    "subprocesses only: remove the flow from the policy"
+                )
+            attributes = getattr(decorator, "attributes", {}) or {}
+            if name == "retry":
+                delay = float(attributes.get("minutes_between_retries") or 0) * 60
+                retries[step.name] = (int(attributes.get("times") or 0), delay)
+            elif name == "environment":
+                environment[step.name] = {str(k): str(v) for k, v in (attributes.get("vars") or {}).items()}
+    return retries, environment
