@@ -271,6 +271,16 @@ def preview_plan(
     would execute is assumed to finish as its origin counterpart did (same foreach width, same
     branch). When that counterpart did not finish, what follows it is listed in ``unknown_after``.
 
+    Args:
+        origin: Reads the origin run's datastore.
+        flow: The flow's graph.
+        origin_run_id: The Metaflow run to resume.
+        from_step: Re-run this step and every step after it, even where they finished.
+        job_name: The flow's job, for messages.
+
+    Returns:
+        The plan, task by task in flow order.
+
     Raises:
         MetaflowAccessError: The origin run has no finished ``_parameters`` task, or the
             datastore cannot be read.

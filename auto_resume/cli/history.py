@@ -108,6 +108,13 @@ def step_counts(instance: DagsterInstance, run_id: str) -> tuple[StepCounts, ...
 
     Each step op of a resume job records ``tasks_cloned`` and ``tasks_executed`` on its output
     (``auto_resume.dagster.resume_job``); an op without them (the first and last ops) is not a step.
+
+    Args:
+        instance: The Dagster instance (its event log is read).
+        run_id: The resume run.
+
+    Returns:
+        One entry per step op that recorded counts, in the order their outputs were written.
     """
     found: list[StepCounts] = []
     cursor = None

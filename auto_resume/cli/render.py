@@ -13,7 +13,15 @@ from auto_resume.dagster import tags
 
 
 def explanation_document(explanation: Explanation, policy: Path) -> dict[str, Any]:
-    """``auto-resume explain --json``: the run, its failure, the decision and the plan."""
+    """``auto-resume explain --json``: the run, its failure, the decision and the plan.
+
+    Args:
+        explanation: From :func:`auto_resume.cli.explain.explain_run`.
+        policy: The policy file it was decided under.
+
+    Returns:
+        The JSON document (``auto-resume resume --json`` adds its ``resume`` key).
+    """
     facts, decision, plan = explanation.facts, explanation.decision, explanation.plan
     return {
         "run_id": explanation.run.run_id,
@@ -63,7 +71,15 @@ def _plan_document(plan: ResumePlan) -> dict[str, Any]:
 
 
 def format_explanation(explanation: Explanation, policy: Path) -> str:
-    """``auto-resume explain`` as text."""
+    """``auto-resume explain`` as text.
+
+    Args:
+        explanation: From :func:`auto_resume.cli.explain.explain_run`.
+        policy: The policy file it was decided under.
+
+    Returns:
+        One line per fact, check and step of the plan.
+    """
     run, facts, decision = explanation.run, explanation.facts, explanation.decision
     lines = [
         f"run {run.run_id}: {run.job_name}, {run.status.value}, "
@@ -124,7 +140,16 @@ def _format_plan(plan: ResumePlan | None, error: str | None) -> str:
 
 
 def format_resume(explanation: Explanation, request: ResumeRequest, submitted: str | None) -> str:
-    """``auto-resume resume`` as text."""
+    """``auto-resume resume`` as text.
+
+    Args:
+        explanation: The run's explanation.
+        request: The run submitted, or shown with ``--dry-run``.
+        submitted: The new run's id; None for a dry run.
+
+    Returns:
+        The decision, what the manual resume overrides, the run config, tags and plan.
+    """
     lines = [f"decision: {explanation.decision.action.value}: {explanation.decision.reason}"]
     lines += [f"note: {note}" for note in request.notes]
     lines.append(f"resume job {request.job_name}, run config {json.dumps(request.run_config)}")
@@ -140,7 +165,15 @@ def format_resume(explanation: Explanation, request: ResumeRequest, submitted: s
 
 
 def format_history(lineages: list[Lineage], job: str | None) -> str:
-    """``auto-resume history`` as text: one block per lineage, one line per run."""
+    """``auto-resume history`` as text: one block per lineage, one line per run.
+
+    Args:
+        lineages: From :func:`auto_resume.cli.history.read_lineages`.
+        job: The job asked for, if any (named when there is nothing to show).
+
+    Returns:
+        The text, blocks separated by a blank line.
+    """
     if not lineages:
         return f"no resume lineages{f' of {job}' if job else ''} in this instance"
     blocks = []

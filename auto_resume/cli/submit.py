@@ -43,6 +43,17 @@ def prepare_resume(explanation: Explanation, from_step: str | None, force: bool)
     The sensor's run config and tags (same lineage: ``auto_resume/attempt`` counts this resume),
     plus ``auto_resume/manual``. A WAIT decision (backoff, time window, in-flight cap) is
     overridden; SKIP and GIVE_UP are refused unless ``force``.
+
+    Args:
+        explanation: From :func:`auto_resume.cli.explain.explain_run`, with the same ``from_step``.
+        from_step: Re-run this step and every step after it (allowed on a succeeded run).
+        force: Resume even what the policy skips or gives up on.
+
+    Returns:
+        The job, run config, tags and the notes on what the manual resume overrides.
+
+    Raises:
+        OperatorError: The resume is refused; the message says why and what to do.
     """
     run, decision, facts = explanation.run, explanation.decision, explanation.facts
     deployment = explanation.deployment
@@ -108,6 +119,15 @@ def submit_resume(
     creates the run as ``dagster job launch`` does: the remote job, its execution plan for the
     run config, ``instance.create_run``, then ``instance.submit_run`` (the run coordinator
     queues it; the daemon launches it).
+
+    Args:
+        instance: The Dagster instance whose run queue gets the run.
+        workspace_file: The deployment's workspace file.
+        request: From :func:`prepare_resume`.
+        location: The workspace's code location of ``auto_resume.definitions``.
+
+    Returns:
+        The new run's id.
 
     Raises:
         OperatorError: The workspace file, the location or the job cannot be loaded, or the run

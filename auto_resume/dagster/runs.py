@@ -25,7 +25,15 @@ NOT_FINISHED_STATUSES: frozenset[DagsterRunStatus] = frozenset(DagsterRunStatus)
 
 
 def runs_by_id(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, DagsterRun]:
-    """The runs of ``run_ids`` that exist, by id, in one query."""
+    """The runs of ``run_ids`` that exist, by id, in one query.
+
+    Args:
+        instance: The Dagster instance.
+        run_ids: Run ids, repeats allowed.
+
+    Returns:
+        The runs found; a deleted run is missing.
+    """
     if not run_ids:
         return {}
     return {run.run_id: run for run in instance.get_runs(RunsFilter(run_ids=list(set(run_ids))))}
