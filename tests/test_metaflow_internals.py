@@ -1,0 +1,115 @@
+"""The private Metaflow names auto_resume.metaflow.internals relies on, and what it builds on them.
+
+A Metaflow upgrade that renames or changes one of them fails here, not in a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from auto_resume.metaflow import internals
+from auto_resume.metaflow.datastore import location_of, open_store, store_for
+from auto_resume.metaflow.deployment import Deployment
+from auto_resume.metaflow.flows import load_flow_shape
+from tests.support.linear_origin import linear_deployment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_private_names_still_exist() -> None:
+    from metaflow.datastore.content_addressed_store import ContentAddressedStore
+    from metaflow.flowspec import FlowSpec
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+    from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
+
+    assert LocalMetadataProvider._get_storage_class() is LocalStorage
+    for name in ("_dump_json_to_file", "_ensure_meta", "_new_task", "get_object"):
+        assert callable(getattr(LocalMetadataProvider, name)), name
+    assert callable(FlowSpec._get_parameters)
+    store = ContentAddressedStore("Flow/data", LocalStorage("/nowhere"))
+    assert store._prefix == "Flow/data"
+    assert isinstance(store._storage_impl, LocalStorage)
+
+
+def test_flow_parameters() -> None:
+    from auto_resume.metaflow.flows import _flow_class
+
+    flow_class = _flow_class(ROOT / "examples" / "flows" / "linear_flow.py", "LinearFlow")
+    assert "alpha" in internals.flow_parameters(flow_class)
+
+
+def test_fast_json_writes_what_metaflow_writes(tmp_path: Path) -> None:
+    from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
+
+    data = {"field_name": "attempt", "value": "0", "tags": ["attempt_id:0"], "ü": 1.5}
+    LocalMetadataProvider._dump_json_to_file(str(tmp_path / "slow.json"), data)
+    internals._fast_dump_json_to_file(LocalMetadataProvider, str(tmp_path / "fast.json"), data)
+    assert json.loads((tmp_path / "fast.json").read_text()) == json.loads(
+        (tmp_path / "slow.json").read_text()
+    )
+    # Never overwritten unless asked, like the original.
+    internals._fast_dump_json_to_file(LocalMetadataProvider, str(tmp_path / "fast.json"), {"other": 1})
+    assert json.loads((tmp_path / "fast.json").read_text()) == json.loads(
+        (tmp_path / "slow.json").read_text()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.json", "slow.json"]
+
+
+def _two_deployments(tmp_path: Path) -> tuple[Deployment, Deployment]:
+    first = linear_deployment(tmp_path / "a")
+    second = dataclasses.replace(linear_deployment(tmp_path / "b"), step_env={})
+    return first, second
+
+
+def test_two_deployments_keep_their_own_roots(tmp_path: Path) -> None:
+    """Opening stores changes neither os.environ nor Metaflow's shared LocalStorage root."""
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    environment = dict(os.environ)
+    shared_root = LocalStorage.datastore_root
+    first, second = _two_deployments(tmp_path)
+    stores = [store_for(first), store_for(second)]
+    for store, name in zip(stores, ("a", "b"), strict=True):
+        store.metadata.register_run_id("dagster-000000000001")
+        assert (tmp_path / name / ".metaflow" / "LinearFlow" / "dagster-000000000001" / "_meta").is_dir()
+        assert store.flow_datastore.datastore_root == str(tmp_path / name / ".metaflow")
+    assert dict(os.environ) == environment
+    assert LocalStorage.datastore_root == shared_root
+    assert open_store(location_of(first)) is stores[0]
+
+
+def test_no_fork_in_this_process_when_cloning_a_wide_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clone processes come from the fork server: the process that resumes never forks."""
+    from auto_resume.metaflow import cloning
+    from auto_resume.metaflow.origin import read_origin_step
+    from tests.support.linear_origin import failed_linear_origin
+
+    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(tmp_path))
+    deployment = linear_deployment(tmp_path)
+    failed_linear_origin(deployment, "dagster-0a0a0a0a0a0a", tmp_path / "counters")
+    assert load_flow_shape(deployment.flow_file, deployment.flow_name).step("start")
+    store = store_for(deployment)
+    origin = read_origin_step(store, "dagster-0a0a0a0a0a0a", "start")
+    (start,) = origin.tasks.values()
+
+    def no_fork() -> int:
+        raise AssertionError("os.fork() called in the resuming process")
+
+    def not_here(*args: object) -> None:
+        raise AssertionError("cloned in the resuming process, not in a clone process")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    monkeypatch.setattr(cloning, "_clone", not_here)
+    clones = [(start.pathspec, f"1-{i}") for i in range(64)]
+    errors = cloning.clone_tasks(store, origin, clones, "dagster-0b0b0b0b0b0b", processes=2)
+    assert errors == {}
+    step_dir = tmp_path / ".metaflow" / "LinearFlow" / "dagster-0b0b0b0b0b0b" / "start"
+    done = [task for task in step_dir.iterdir() if (task / "0.data.json").is_file()]
+    assert len(done) == 64
