@@ -1,5 +1,6 @@
 """The docs' generated reference tables: up to date with the code, and covering all of it."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,16 @@ def test_a_missing_section_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("no markers\n", encoding="utf-8")
     with pytest.raises(reference.ReferenceError, match="holds the generated section"):
         reference.regenerate(tmp_path, write=False)
+
+
+_REPO_PATH = re.compile(r"\b(?:auto_resume|tests|benchmarks|scripts|examples)/[\w./-]*\w\.(?:py|sh)\b")
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    missing = {
+        f"{doc.relative_to(ROOT)}: {path}"
+        for doc in reference.doc_files(ROOT)
+        for path in _REPO_PATH.findall(doc.read_text(encoding="utf-8"))
+        if not (ROOT / path).exists()
+    }
+    assert not missing, f"the docs name files that do not exist (moved or renamed?): {sorted(missing)}"
