@@ -71,11 +71,10 @@ def clone_tasks(
         _, failed = clone_share(store.location, work, run_id, step_name, copied)
         return {**errors, **failed}
     shares = [work[i::processes] for i in range(processes)]
-    with clone_pool.pool(processes) as executor:
-        futures = [
-            executor.submit(clone_share, store.location, share, run_id, step_name, copied) for share in shares
-        ]
-        results = [_share_result(future) for future in futures]
+    try:
+        results = _clone_in_processes(store.location, shares, run_id, step_name, copied)
+    except (OSError, RuntimeError, AssertionError):  # e.g. a daemonic process may not start any
+        results = [None] * len(shares)
     for share, result in zip(shares, results, strict=True):
         if result is None:
             # The clone process could not start or died (a main script that is not guarded by
@@ -84,6 +83,21 @@ def clone_tasks(
             result = clone_share(store.location, share, run_id, step_name, copied)
         errors.update(_share_errors(share, *result))
     return errors
+
+
+def _clone_in_processes(
+    location: StoreLocation,
+    shares: Sequence[Sequence[_Clone]],
+    run_id: str,
+    step_name: str,
+    copied: list[Any] | None,
+) -> list[tuple[list[str], dict[str, str]] | None]:
+    """``clone_share`` of each share in a clone process of its own; None for a share whose process died."""
+    with clone_pool.pool(len(shares)) as executor:
+        futures = [
+            executor.submit(clone_share, location, share, run_id, step_name, copied) for share in shares
+        ]
+        return [_share_result(future) for future in futures]
 
 
 def _share_result(
