@@ -70,34 +70,48 @@ def clone_tasks(
     if processes == 1 or not clone_pool.available():
         _, failed = clone_share(store.location, work, run_id, step_name, copied)
         return {**errors, **failed}
-    shares = [work[i::processes] for i in range(processes)]
+    chunks = [work[i : i + _CLONES_PER_PROCESS_MIN] for i in range(0, len(work), _CLONES_PER_PROCESS_MIN)]
     try:
-        results = _clone_in_processes(store.location, shares, run_id, step_name, copied)
+        results = _clone_in_processes(store.location, chunks, run_id, step_name, copied, processes)
     except (OSError, RuntimeError, AssertionError):  # e.g. a daemonic process may not start any
-        results = [None] * len(shares)
-    for share, result in zip(shares, results, strict=True):
+        results = [None] * len(chunks)
+    for chunk, result in zip(chunks, results, strict=True):
         if result is None:
             # The clone process could not start or died (a main script that is not guarded by
-            # `if __name__ == "__main__":`, killed, out of memory...): clone its share here.
+            # `if __name__ == "__main__":`, killed, out of memory...): clone its chunk here.
             # Cloning a task again writes the same files.
-            result = clone_share(store.location, share, run_id, step_name, copied)
-        errors.update(_share_errors(share, *result))
+            result = clone_share(store.location, chunk, run_id, step_name, copied)
+        errors.update(_share_errors(chunk, *result))
     return errors
 
 
 def _clone_in_processes(
     location: StoreLocation,
-    shares: Sequence[Sequence[_Clone]],
+    chunks: Sequence[Sequence[_Clone]],
     run_id: str,
     step_name: str,
     copied: list[Any] | None,
+    processes: int,
 ) -> list[tuple[list[str], dict[str, str]] | None]:
-    """``clone_share`` of each share in a clone process of its own; None for a share whose process died."""
-    with clone_pool.pool(len(shares)) as executor:
+    """``clone_share`` of every chunk, by ``processes`` clone processes and by this process.
+
+    The clone processes take chunks from the front; this process clones from the back every
+    chunk that none of them has taken yet, so it works while they start (a cold fork server
+    takes about half a second) instead of waiting. None for a chunk whose process died.
+    """
+    results: list[tuple[list[str], dict[str, str]] | None] = [None] * len(chunks)
+    with clone_pool.pool(processes) as executor:
         futures = [
-            executor.submit(clone_share, location, share, run_id, step_name, copied) for share in shares
+            executor.submit(clone_share, location, chunk, run_id, step_name, copied) for chunk in chunks
         ]
-        return [_share_result(future) for future in futures]
+        for index in reversed(range(len(chunks))):
+            if not futures[index].cancel():
+                break
+            results[index] = clone_share(location, chunks[index], run_id, step_name, copied)
+        for index, future in enumerate(futures):
+            if not future.cancelled():
+                results[index] = _share_result(future)
+    return results
 
 
 def _share_result(
