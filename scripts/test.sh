@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, then end-to-end tests on the real dagster-daemon and
-# PostgreSQL (DAGSTER_PG_URL, default postgresql+psycopg2://root@127.0.0.1:5432/postgres; the
+# PostgreSQL (AUTO_RESUME_TEST_PG_URL, default postgresql+psycopg2://root@127.0.0.1:5432/postgres; the
 # tests create and drop their own database there).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,7 +9,8 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.plan.objects import StepFailureData, UserFailureData
 from dagster_shared.error import SerializableErrorInfo
 
-from auto_resume.dagster.run_facts import FailureDetails, failure_details, step_name_of
+from auto_resume.dagster.naming import step_name_of
+from auto_resume.dagster.run_facts import FailureDetails, failure_details
 
 STDERR = (
     'Traceback (most recent call last):\n  File "flow.py", line 9, in train\n    load()\n'

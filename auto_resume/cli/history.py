@@ -21,8 +21,9 @@ from dagster import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from auto_resume.dagster import tags
-from auto_resume.dagster.run_facts import metaflow_run_id, step_name_of
+from auto_resume.dagster import naming, tags
+from auto_resume.dagster.naming import step_name_of
+from auto_resume.dagster.run_facts import metaflow_run_id
 from auto_resume.dagster.runs import NOT_FINISHED_STATUSES
 
 Outcome = Literal["succeeded", "failed", "running", "gave_up", "canceled"]
@@ -127,7 +128,7 @@ def step_counts(instance: DagsterInstance, run_id: str) -> tuple[StepCounts, ...
             if event is None or event.step_key is None:
                 continue
             metadata = event.step_output_data.metadata
-            cloned, executed = _count(metadata, "tasks_cloned"), _count(metadata, "tasks_executed")
+            cloned, executed = _count(metadata, naming.TASKS_CLONED), _count(metadata, naming.TASKS_EXECUTED)
             if cloned is not None and executed is not None:
                 found.append(StepCounts(step=step_name_of(event.step_key), cloned=cloned, executed=executed))
         if not connection.has_more:

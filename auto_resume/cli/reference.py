@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -228,10 +228,26 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpar
 
 
 def _usage(parser: argparse.ArgumentParser) -> str:
-    """The parser's usage line, wrapped at a fixed width."""
-    # A fixed width, so that the text does not depend on the terminal that generates it.
-    parser.formatter_class = functools.partial(argparse.HelpFormatter, width=_HELP_WIDTH)
-    return parser.format_usage()
+    """The parser's usage line, built from its arguments.
+
+    Not ``format_usage()``: argparse's wrapping and option layout differ between Python versions,
+    and the committed docs must read the same whatever Python generates them.
+    """
+    options, positionals = [], []
+    for action in parser._actions:  # argparse has no public list of a parser's arguments
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if not action.option_strings:
+            name = action.metavar if isinstance(action.metavar, str) else action.dest
+            positionals.append(f"[{name}]" if action.nargs in ("?", "*") else name)
+            continue
+        option = action.option_strings[0]
+        if action.nargs != 0:
+            metavar = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+            option = f"{option} {metavar}"
+        options.append(option if action.required else f"[{option}]")
+    words = ["usage:", parser.prog, "[-h]", *options, *positionals]
+    return textwrap.fill(" ".join(words), width=_HELP_WIDTH, subsequent_indent="    ") + "\n"
 
 
 def _argument(action: argparse.Action) -> str:

@@ -40,7 +40,7 @@ from auto_resume.core.flow_shape import FlowShape, StepShape, check_step_name
 from auto_resume.core.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID, parameters_task
 from auto_resume.core.run_ids import check_run_id, make_run_id
 from auto_resume.dagster import tags
-from auto_resume.dagster.naming import RUN_ID_LOG_PREFIX, finish_op_name
+from auto_resume.dagster.naming import RUN_ID_LOG_PREFIX, finish_op_name, step_op_name
 from auto_resume.dagster.step_execution import (
     DEFAULT_MAX_PARALLEL_TASKS,
     ResumeContext,
@@ -182,8 +182,7 @@ def _step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepS
     """The op of one Metaflow step: clones or executes its tasks (see the module docstring)."""
     ins = {"resume": In(Any), **{f"from_{p}": In(Any) for p in step.in_funcs}}
 
-    # "step_" keeps step ops apart from the origin op whatever the steps are called.
-    @op(name=f"{job_name}__step_{step.name}", ins=ins, out=Out(Any))
+    @op(name=step_op_name(job_name, step.name), ins=ins, out=Out(Any))
     def _step(context: OpExecutionContext, resume: ResumeContext, **parents: StepOutcome) -> StepOutcome:
         by_step = {name[len("from_") :]: outcome.records for name, outcome in parents.items()}
         return execute_step(context, deployment, flow, step, resume, by_step)

@@ -16,7 +16,7 @@ from dagster_shared.error import SerializableErrorInfo
 from auto_resume.core.decision import FailedRun
 from auto_resume.core.run_ids import run_id_from_command_line
 from auto_resume.dagster import tags
-from auto_resume.dagster.naming import FINISH_OP_SUFFIX, RUN_ID_LOG_PREFIX
+from auto_resume.dagster.naming import FINISH_OP_SUFFIX, RUN_ID_LOG_PREFIX, step_name_of
 
 # Event records read per storage query while looking for the Metaflow run id. The id is logged
 # before the first Metaflow command runs (about the 10th event), so a small first page nearly
@@ -71,14 +71,6 @@ def metaflow_run_id(instance: DagsterInstance, run_id: str) -> str | None:
             return None
         cursor = connection.cursor
     return None
-
-
-def step_name_of(step_key: str) -> str:
-    """The Metaflow step of an op: ``op_train`` (metaflow-dagster), ``X_resume__step_train``."""
-    key = step_key.split("[", 1)[0]  # dynamic outputs: op_body[3]
-    if "__step_" in key:
-        return key.split("__step_", 1)[1]
-    return key.removeprefix("op_")
 
 
 def user_exception(error: SerializableErrorInfo) -> tuple[str, str]:

@@ -15,6 +15,7 @@ from dagster import Failure, MetadataValue, OpExecutionContext
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.flow_shape import FlowShape, StepShape
 from auto_resume.core.resume_plan import TaskAction, TaskRecord, instances_for, plan_step
+from auto_resume.dagster import naming
 from auto_resume.metaflow import commands, records
 from auto_resume.metaflow.clone_pool import CLONE_PROCESSES
 from auto_resume.metaflow.cloning import clone_tasks
@@ -125,9 +126,9 @@ def _report(
     context.add_output_metadata(
         {
             "metaflow_run_id": resume.run_id,
-            "tasks_cloned": len(clones),
-            "tasks_executed": len(executions),
-            "tasks_failed": len(failures),
+            naming.TASKS_CLONED: len(clones),
+            naming.TASKS_EXECUTED: len(executions),
+            naming.TASKS_FAILED: len(failures),
             "cloned_from": MetadataValue.md(
                 "\n".join(f"- `{a.origin.pathspec}`" for a in clones[:50] if a.origin)
                 + ("\n- ..." if len(clones) > 50 else "")

@@ -27,6 +27,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from auto_resume.dagster import tags
+from auto_resume.dagster.runs import FINISHED_STATUSES
 from auto_resume.dagster.sensor import SENSOR_NAME
 from tests.support import ROOT
 from tests.support.instance import open_instance
@@ -34,7 +35,6 @@ from tests.support.postgres import create_database, drop_database, throwaway_dat
 from tests.support.processes import start_daemon, stop_daemon
 from tests.support.waiting import wait_until
 
-FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 EXAMPLES = (
     "linear_flow",
     "branch_flow",
@@ -227,7 +227,7 @@ class OriginWatch:
         """Assert that the origin of every finished resume run is byte-identical to before."""
         instance = self._deployment.instance()
         problems = []
-        for run in instance.get_runs(RunsFilter(statuses=list(FINISHED))):
+        for run in instance.get_runs(RunsFilter(statuses=list(FINISHED_STATUSES))):
             if not run.job_name.endswith("_resume") or run.run_id in self._checked:
                 continue
             self._checked.add(run.run_id)
@@ -349,7 +349,7 @@ def wait_for_run(instance: DagsterInstance, run_id: str, timeout: float = 300) -
 
     def finished() -> DagsterRun | None:
         run = instance.get_run_by_id(run_id)
-        return run if run is not None and run.status in FINISHED else None
+        return run if run is not None and run.status in FINISHED_STATUSES else None
 
     return wait_until(finished, timeout, f"run {run_id} did not finish")
 

@@ -20,7 +20,8 @@ from dagster import DagsterRunStatus, RunsFilter
 
 from auto_resume.dagster import tags
 from auto_resume.dagster.run_facts import metaflow_run_id
-from tests.e2e.harness import FINISHED, ROOT, Deployment, counts, wait_for_run
+from auto_resume.dagster.runs import FINISHED_STATUSES
+from tests.e2e.harness import ROOT, Deployment, counts, wait_for_run
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +93,9 @@ def test_explain_and_manual_resume_of_a_real_failure(deployment: Deployment, tmp
         assert status == 1, document
         assert f"run {failed_id} (ForeachFlow) is still going (status " in document["error"]
     still_going = instance.get_run_by_id(failed_id)
-    assert still_going is not None and still_going.status not in FINISHED, "the run finished too soon"
+    assert still_going is not None and still_going.status not in FINISHED_STATUSES, (
+        "the run finished too soon"
+    )
 
     failed = wait_for_run(instance, failed_id)
     assert failed.status == DagsterRunStatus.FAILURE, deployment.diagnostics()
