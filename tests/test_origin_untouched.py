@@ -10,10 +10,7 @@ the Metaflow client must still read the new run and its cloned tasks.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from dagster import DagsterInstance
 from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
 from auto_resume.metaflow.deployment import Deployment
 from auto_resume.metaflow.flows import load_flow_shape
+from tests.support.client_probe import client_probe
 from tests.support.linear_origin import failed_linear_origin, linear_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,15 +77,7 @@ def test_resume_leaves_origin_byte_identical(linear: Deployment, tmp_path: Path)
         "    'alpha': run['end'].task.data.alpha, 'finished': start.finished,\n"
         "    'metadata': start.metadata_dict}))\n"
     )
-    view = subprocess.run(
-        [sys.executable, "-c", probe, new_runs[0]],
-        env={**os.environ, **linear.step_env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert view.returncode == 0, view.stderr[-2000:]
-    seen = json.loads(view.stdout.strip().splitlines()[-1])
+    seen = client_probe(probe, new_runs[0], env={**os.environ, **linear.step_env})
     assert seen["successful"] is True
     assert seen["value"] == 420 and seen["alpha"] == 42 and seen["finished"] is True
     assert seen["metadata"]["origin-run-id"] == ORIGIN

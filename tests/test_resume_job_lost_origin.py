@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance
+from dagster import DagsterEventType, DagsterInstance, JobDefinition
 
 from auto_resume.core.run_ids import make_run_id
 from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
@@ -64,22 +64,9 @@ def test_lost_task_index_fails_clearly_and_the_next_resume_reruns_the_step(
         "Resuming this run instead executes step start and the steps after it again "
         f"(the new run {make_run_id(first.run_id)} has no task of them)."
     )
-    assert {p.stem: len(p.read_text().splitlines()) for p in workdir.glob("*.count")} == {
-        "start": 1,
-        "process": 1,
-    }
+    assert _counts(workdir) == {"start": 1, "process": 1}
 
-    second = job.execute_in_process(
-        run_config=resume_run_config(linear, make_run_id(first.run_id)),
-        instance=instance,
-        raise_on_error=False,
-    )
-    assert second.success
-    assert {p.stem: len(p.read_text().splitlines()) for p in workdir.glob("*.count")} == {
-        "start": 2,
-        "process": 2,
-        "end": 1,
-    }
+    _resume_again_executes_start(job, linear, instance, first.run_id, workdir)
 
 
 def test_lost_artifact_blob_fails_the_clone_naming_it_and_the_next_resume_reruns_the_step(
@@ -105,19 +92,24 @@ def test_lost_artifact_blob_fails_the_clone_naming_it_and_the_next_resume_reruns
     assert f"start/1 could not be cloned: artifact 'value' of LinearFlow/{ORIGIN}/start/1" in description
     assert f"is missing from the datastore ({blob})" in description
     # Nothing ran: process reads start, which is not in the new run.
-    assert {p.stem: len(p.read_text().splitlines()) for p in workdir.glob("*.count")} == {
-        "start": 1,
-        "process": 1,
-    }
+    assert _counts(workdir) == {"start": 1, "process": 1}
 
+    _resume_again_executes_start(job, linear, instance, first.run_id, workdir)
+
+
+def _counts(workdir: Path) -> dict[str, int]:
+    """How many times each step's user code ran, from the flow's counter files."""
+    return {p.stem: len(p.read_text().splitlines()) for p in workdir.glob("*.count")}
+
+
+def _resume_again_executes_start(
+    job: JobDefinition, linear: Deployment, instance: DagsterInstance, failed_run_id: str, workdir: Path
+) -> None:
+    """Resuming the failed resume executes start again, then the rest: the lineage ends there."""
     second = job.execute_in_process(
-        run_config=resume_run_config(linear, make_run_id(first.run_id)),
+        run_config=resume_run_config(linear, make_run_id(failed_run_id)),
         instance=instance,
         raise_on_error=False,
     )
     assert second.success
-    assert {p.stem: len(p.read_text().splitlines()) for p in workdir.glob("*.count")} == {
-        "start": 2,
-        "process": 2,
-        "end": 1,
-    }
+    assert _counts(workdir) == {"start": 2, "process": 2, "end": 1}

@@ -150,17 +150,7 @@ def _foreach_join(step: StepShape, records: Sequence[TaskRecord]) -> list[TaskIn
         if not widths or len({m.indices for m in members}) != widths[-1]:
             continue  # an item failed or never ran: the join waits for the next resume
         members = sorted(members, key=lambda r: r.indices[-1])
-        instances.append(
-            TaskInstance(
-                step.name,
-                key,
-                tuple(r.pathspec for r in members),
-                None,
-                all(r.cloned for r in members),
-                widths[:-1],
-                is_foreach_join=True,
-            )
-        )
+        instances.append(_join_instance(step, key, members, widths[:-1], is_foreach_join=True))
     return instances
 
 
@@ -175,17 +165,27 @@ def _static_join(step: StepShape, parents: Mapping[str, Sequence[TaskRecord]]) -
         if len(branches) != len(step.in_funcs):
             continue  # a branch failed or never ran
         members = [branches[name] for name in step.in_funcs]
-        instances.append(
-            TaskInstance(
-                step.name,
-                key,
-                tuple(r.pathspec for r in members),
-                None,
-                all(r.cloned for r in members),
-                members[0].widths,
-            )
-        )
+        instances.append(_join_instance(step, key, members, members[0].widths, is_foreach_join=False))
     return instances
+
+
+def _join_instance(
+    step: StepShape,
+    key: tuple[int, ...],
+    members: Sequence[TaskRecord],
+    widths: tuple[int, ...],
+    is_foreach_join: bool,
+) -> TaskInstance:
+    """The join task at index path ``key`` that reads ``members``, in input order."""
+    return TaskInstance(
+        step.name,
+        key,
+        tuple(r.pathspec for r in members),
+        None,
+        all(r.cloned for r in members),
+        widths,
+        is_foreach_join=is_foreach_join,
+    )
 
 
 def plan_step(

@@ -29,7 +29,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from auto_resume.dagster import tags
 from auto_resume.dagster.runs import FINISHED_STATUSES
 from auto_resume.dagster.sensor import SENSOR_NAME
-from tests.support import ROOT
+from tests.support import BIN, ROOT
 from tests.support.instance import open_instance
 from tests.support.postgres import create_database, drop_database, throwaway_database
 from tests.support.processes import start_daemon, stop_daemon
@@ -117,11 +117,17 @@ class Deployment:
             self.origins.snapshot(job.removesuffix("_resume"), str(config["origin_run_id"]))
         return self.launch_with(location, job, {"ops": {f"{job}__origin": {"config": config}}})
 
-    def launch_with(self, location: str, job: str, run_config: dict[str, object]) -> str:
+    def launch_with(
+        self,
+        location: str,
+        job: str,
+        run_config: dict[str, object],
+        run_tags: dict[str, str] | None = None,
+    ) -> str:
         """Submit a run of ``job`` through the instance's queue, as the UI would; its run id."""
         run_id = str(uuid.uuid4())
         command = [
-            str(ROOT / ".venv" / "bin" / "dagster"),
+            str(BIN / "dagster"),
             "job",
             "launch",
             "-w",
@@ -132,12 +138,24 @@ class Deployment:
             job,
             "--run-id",
             run_id,
+            *(("--tags", json.dumps(run_tags)) if run_tags else ()),
             "--config-json",
             json.dumps(run_config),
         ]
         result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         return run_id
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``auto-resume ARGS`` against this deployment, as an operator would."""
+        return subprocess.run(
+            [str(BIN / "auto-resume"), *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
 
 def origin_checksums(flow_name: str, run_id: str, datastore: Path | None = None) -> dict[str, str]:
@@ -268,7 +286,7 @@ def deployment_env(home: Path, database: str, policy_file: Path) -> dict[str, st
         "DAGSTER_PG_URL": database,
         "AUTO_RESUME_POLICY": str(policy_file),
         "METAFLOW_USER": os.environ.get("METAFLOW_USER", "auto-resume"),
-        "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
 
 

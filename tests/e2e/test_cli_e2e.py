@@ -6,7 +6,6 @@ failure, one successful attempt, the Metaflow run ids, and what the attempt clon
 """
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,9 @@ import pytest
 from dagster import DagsterRunStatus
 
 from auto_resume.dagster.run_facts import metaflow_run_id
-from tests.e2e.harness import ROOT, Deployment, wait_for_resume_of, wait_for_run
+from tests.e2e.harness import Deployment, wait_for_resume_of, wait_for_run
 
 pytestmark = pytest.mark.e2e
-
-
-def _cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "auto-resume"), *args],
-        cwd=ROOT,
-        env=deployment.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_history_shows_the_automatic_resume(deployment: Deployment, tmp_path: Path) -> None:
@@ -39,7 +27,7 @@ def test_history_shows_the_automatic_resume(deployment: Deployment, tmp_path: Pa
     resume = wait_for_run(instance, wait_for_resume_of(instance, failed_id, deployment=deployment).run_id)
     assert resume.status == DagsterRunStatus.SUCCESS, deployment.diagnostics()
 
-    result = _cli(deployment, "history", "LinearFlow", "--json", "--limit", "1000")
+    result = deployment.cli("history", "LinearFlow", "--json", "--limit", "1000")
     assert result.returncode == 0, result.stderr[-3000:]
     lineages: list[dict[str, Any]] = json.loads(result.stdout)["lineages"]
     [lineage] = [lineage for lineage in lineages if lineage["root_run_id"] == failed_id]
@@ -62,7 +50,7 @@ def test_history_shows_the_automatic_resume(deployment: Deployment, tmp_path: Pa
     }
     assert (attempt["tasks_cloned"], attempt["tasks_executed"]) == (1, 2)
 
-    text = _cli(deployment, "history", "LinearFlow", "--limit", "1000")
+    text = deployment.cli("history", "LinearFlow", "--limit", "1000")
     assert text.returncode == 0, text.stderr[-3000:]
     assert f"LinearFlow: failure {failed_id}, 1 resume attempt(s) -> succeeded" in text.stdout
     assert f"{resume.run_id}  SUCCESS" in text.stdout

@@ -10,7 +10,6 @@ carries the lineage tags and ``auto_resume/manual``, and the counter files show 
 """
 
 import json
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,45 +28,16 @@ pytestmark = pytest.mark.e2e
 WIDTH, FAILING = 8, 5
 
 
-def _cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "auto-resume"), *args],
-        cwd=ROOT,
-        env=deployment.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _json(deployment: Deployment, *args: str) -> tuple[int, Any]:
-    result = _cli(deployment, *args, "--json")
+    result = deployment.cli(*args, "--json")
     return result.returncode, json.loads(result.stdout)
 
 
 def _launch_opted_out(deployment: Deployment, config: dict[str, object]) -> str:
     """Submit a ForeachFlow run tagged opt_out, as `dagster job launch --tags` does; its id."""
-    run_id = str(uuid.uuid4())
-    command = [
-        str(ROOT / ".venv" / "bin" / "dagster"),
-        "job",
-        "launch",
-        "-w",
-        "workspace.yaml",
-        "-l",
-        "foreach_flow",
-        "-j",
-        "ForeachFlow",
-        "--run-id",
-        run_id,
-        "--tags",
-        json.dumps({tags.OPT_OUT: "true"}),
-        "--config-json",
-        json.dumps({"ops": {"op_start": {"config": config}}}),
-    ]
-    result = subprocess.run(command, cwd=ROOT, env=deployment.env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_id
+    return deployment.launch_with(
+        "foreach_flow", "ForeachFlow", {"ops": {"op_start": {"config": config}}}, {tags.OPT_OUT: "true"}
+    )
 
 
 def _wait_until_started(deployment: Deployment, run_id: str, timeout: float = 120) -> None:
@@ -119,7 +89,7 @@ def test_explain_and_manual_resume_of_a_real_failure(deployment: Deployment, tmp
         ("end", "1", "run"),
     ]
     assert (plan["tasks_cloned"], plan["tasks_executed"]) == (WIDTH, 3)
-    text = _cli(deployment, "explain", failed_id)
+    text = deployment.cli("explain", failed_id)
     assert text.returncode == 0, text.stderr
     print(text.stdout)  # the README's example
     assert "decision: skip: " in text.stdout
@@ -173,6 +143,6 @@ def test_bad_and_unknown_run_ids_are_refused(deployment: Deployment) -> None:
     assert status == 1
     assert "'x;rm -rf /' is not a Dagster run id" in document["error"]
     unknown = str(uuid.uuid4())
-    result = _cli(deployment, "explain", unknown)
+    result = deployment.cli("explain", unknown)
     assert result.returncode == 1
     assert f"auto-resume explain: no run {unknown} in this Dagster instance" in result.stderr

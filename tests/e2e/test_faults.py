@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from auto_resume.dagster import tags
 from auto_resume.dagster.run_facts import metaflow_run_id
@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     wait_for_ticks,
     write_policy,
 )
+from tests.support.events import failure_messages
 from tests.support.failed_runs import create_failed_run
 from tests.support.waiting import wait_until
 
@@ -126,21 +127,6 @@ def test_sigkill_mid_tick_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             assert run is not None and tags.GAVE_UP not in run.tags, run_id
 
 
-def _failure_messages(instance: DagsterInstance, run_id: str) -> str:
-    """Every step failure of a run: the Failure description and the error, as the UI shows them."""
-    messages = []
-    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
-        event = record.event_log_entry.dagster_event
-        assert event is not None
-        data = event.step_failure_data
-        if data.user_failure_data and data.user_failure_data.description:
-            messages.append(data.user_failure_data.description)
-        messages.append(data.error.to_string() if data.error else "")
-    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records:
-        messages.append(record.event_log_entry.message or "")
-    return "\n".join(messages)
-
-
 @pytest.mark.slow
 def test_database_restart_during_a_resume_run(tmp_path: Path) -> None:
     """PostgreSQL restarts while a real resume run works: the daemon and the run carry on, one resume."""
@@ -173,7 +159,7 @@ def test_database_restart_during_a_resume_run(tmp_path: Path) -> None:
         if finished.status == DagsterRunStatus.SUCCESS:
             assert counts(workdir) == {"start": 1, "process": 2, "end": 1}
         else:
-            message = _failure_messages(instance, resume.run_id)
+            message = failure_messages(instance, resume.run_id, tracebacks=True)
             assert "connection" in message.lower() or "server closed" in message.lower(), message
         resumes = instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: original}))
         assert [r.run_id for r in resumes] == [resume.run_id]
@@ -247,11 +233,13 @@ def test_origin_data_lost_before_the_resume(tmp_path: Path) -> None:
         # Metaflow run (which has no start task), executes start again and succeeds.
         first = wait_for_run(instance, wait_for_resume_of(instance, index_lost, 300, deployment).run_id)
         assert first.status == DagsterRunStatus.FAILURE
-        message = _failure_messages(instance, first.run_id)
+        message = failure_messages(instance, first.run_id, tracebacks=True)
         assert "datastore objects of step start are missing or unreadable" in message, message
         assert f"LinearFlow/{origins[index_lost]}/start/" in message, message
         second = wait_for_run(instance, wait_for_resume_of(instance, first.run_id, 300, deployment).run_id)
-        assert second.status == DagsterRunStatus.SUCCESS, _failure_messages(instance, second.run_id)
+        assert second.status == DagsterRunStatus.SUCCESS, failure_messages(
+            instance, tracebacks=True, run_id=second.run_id
+        )
         assert counts(tmp_path / "index") == {"start": 2, "process": 2, "end": 1}
 
         # The lost blob: resume 1 checks the blobs of what it clones, refuses to clone start
@@ -259,11 +247,13 @@ def test_origin_data_lost_before_the_resume(tmp_path: Path) -> None:
         # Metaflow run, executes start again and succeeds.
         first = wait_for_run(instance, wait_for_resume_of(instance, blob_lost, 300, deployment).run_id)
         assert first.status == DagsterRunStatus.FAILURE
-        message = _failure_messages(instance, first.run_id)
+        message = failure_messages(instance, first.run_id, tracebacks=True)
         assert f"artifact 'value' of LinearFlow/{origins[blob_lost]}/start/1 is missing" in message, message
         assert str(blob) in message, message
         second = wait_for_run(instance, wait_for_resume_of(instance, first.run_id, 300, deployment).run_id)
-        assert second.status == DagsterRunStatus.SUCCESS, _failure_messages(instance, second.run_id)
+        assert second.status == DagsterRunStatus.SUCCESS, failure_messages(
+            instance, tracebacks=True, run_id=second.run_id
+        )
         assert counts(tmp_path / "blob") == {"start": 2, "process": 2, "end": 1}
         wait_for_ticks(instance, 2, after=time.time())
         for root in (index_lost, blob_lost):  # two resume runs each, then none: no storm

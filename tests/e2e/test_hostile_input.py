@@ -8,11 +8,12 @@ the run, and the sensor records a give-up for it instead of freezing.
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterRunStatus
+from dagster import DagsterRunStatus
 
 from auto_resume.core.run_ids import make_run_id
 from auto_resume.dagster import tags
 from tests.e2e.harness import ROOT, Deployment, wait_for_run
+from tests.support.events import failure_messages
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,19 +30,6 @@ HOSTILE = {
     # Well formed, but no run of this flow has it.
     "integer id": ("1", "no finished _parameters task"),
 }
-
-
-def _failure_message(deployment: Deployment, run_id: str) -> str:
-    instance = deployment.instance()
-    messages = []
-    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
-        event = record.event_log_entry.dagster_event
-        assert event is not None
-        data = event.step_failure_data
-        if data.user_failure_data and data.user_failure_data.description:
-            messages.append(data.user_failure_data.description)
-        messages.append(data.error.message if data.error else "")
-    return "\n".join(messages)
 
 
 def _logged_commands(deployment: Deployment, run_id: str) -> list[str]:
@@ -63,7 +51,7 @@ def test_hostile_origin_run_ids_are_rejected_before_any_command(deployment: Depl
     for name, run_id in launched.items():
         run = wait_for_run(instance, run_id)
         assert run.status == DagsterRunStatus.FAILURE, name
-        message = _failure_message(deployment, run_id)
+        message = failure_messages(deployment.instance(), run_id)
         assert HOSTILE[name][1] in message, f"{name}: {message[:500]}"
         assert len(message) < 5000, f"{name}: the message repeats the whole value"
         assert _logged_commands(deployment, run_id) == [], name

@@ -26,6 +26,7 @@ import pytest
 
 from auto_resume.core.run_ids import make_run_id
 from auto_resume.metaflow.deployment import read_deployment
+from tests.support.client_probe import client_probe
 from tests.support.processes import free_port, start_tied_to_this_thread
 from tests.support.waiting import wait_until
 
@@ -215,16 +216,12 @@ def test_resume_on_s3_datastore_leaves_origin_objects_untouched(s3_endpoint: str
         "    'alpha': run['end'].task.data.alpha, 'total': run['join'].task.data.total,\n"
         "    'items': start.data.items, 'metadata': start.metadata_dict}))\n"
     )
-    view = subprocess.run(
-        [sys.executable, "-c", probe, new_run],
+    seen = client_probe(
+        probe,
+        new_run,
         env=_environment(s3_endpoint, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(sysroot)),
-        cwd=str(elsewhere),
-        capture_output=True,
-        text=True,
-        check=False,
+        cwd=elsewhere,
     )
-    assert view.returncode == 0, view.stderr[-3000:]
-    seen = json.loads(view.stdout.strip().splitlines()[-1])
     assert seen["successful"] is True
     assert seen["steps"] == ["body", "end", "join", "start"]
     assert seen["alpha"] == 42 and seen["total"] == 5 and seen["items"] == [0, 1, 2]
