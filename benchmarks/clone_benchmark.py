@@ -292,7 +292,9 @@ def _floor(deployment, origin: str, failed_item: int, width: int) -> float:  # t
     ]
     started = time.monotonic()
     for step, task_id, inputs, split in steps:
-        command = commands.step_command(deployment, step, run_id, task_id, inputs, split, retry_count=0)
+        command = commands.step_command(
+            deployment, step, run_id, task_id, inputs, split, retry_count=0, origin_run_id=origin
+        )
         result = commands.run_step(deployment, command, step)
         if result.returncode != 0:
             sys.exit(f"floor step {step} failed:\n{result.stderr[-3000:]}")

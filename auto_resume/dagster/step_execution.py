@@ -22,6 +22,7 @@ from auto_resume.metaflow.cloning import clone_tasks
 from auto_resume.metaflow.datastore import Store, store_for
 from auto_resume.metaflow.deployment import Deployment
 from auto_resume.metaflow.origin import OriginStep, read_origin_step, task_outcome
+from auto_resume.metaflow.task_logs import AttemptLog
 
 DEFAULT_MAX_PARALLEL_TASKS = 4
 
@@ -195,6 +196,7 @@ class _TaskRunner:
         deployment, step, resume, options = self._deployment, self._step, self._resume, self._options
         instance = action.instance
         records.register_task(self._store, deployment, resume.run_id, step.name, action.task_id)
+        pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
         for attempt in range(options.max_user_code_retries + 1):
             command = commands.step_command(
                 deployment,
@@ -204,11 +206,13 @@ class _TaskRunner:
                 instance.input_paths,
                 instance.split_index,
                 retry_count=attempt,
+                origin_run_id=resume.origin_run_id,
             )
             self._context.log.info("$ " + " ".join(command))
-            result = commands.run_step(deployment, command, step.name)
+            log = AttemptLog()
+            result = commands.run_step(deployment, command, step.name, log)
+            self._keep_output(pathspec, attempt, log, result.returncode)
             if result.returncode == 0:
-                pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
                 self._found[instance.indices] = _record(self._store, step, action, pathspec, cloned=False)
                 return None
             if attempt < options.max_user_code_retries and options.retry_delay_seconds:
@@ -217,6 +221,18 @@ class _TaskRunner:
             f"{resume.run_id}/{step.name}/{action.task_id} exited with status "
             f"{result.returncode}:\n{commands.output_tail(result)}"
         )
+
+    def _keep_output(self, pathspec: str, attempt: int, log: AttemptLog, returncode: int) -> None:
+        """The attempt's output in its task datastore (``task.stdout``, ``python flow.py logs``)
+        and in the op's log, as Metaflow's runtime and metaflow-dagster's op keep it."""
+        try:
+            log.save(self._store, pathspec, attempt, returncode)
+        except Exception as exc:  # the task's outcome does not depend on its logs
+            self._context.log.warning(f"{pathspec} attempt {attempt}: its logs could not be saved: {exc!r}")
+        for stream in ("stdout", "stderr"):
+            text = log.text(stream)
+            if text.strip():
+                self._context.log.info(f"{pathspec} attempt {attempt} {stream}:\n{text}")
 
 
 def _record(store: Store, step: StepShape, action: TaskAction, pathspec: str, cloned: bool) -> TaskRecord:

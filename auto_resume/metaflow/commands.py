@@ -11,13 +11,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.metaflow.datastore import DefaultConfiguration
 from auto_resume.metaflow.deployment import Deployment
+from auto_resume.metaflow.task_logs import AttemptLog
 
 # How much of a failed command's output a message quotes (its end, where the error is).
 OUTPUT_TAIL = 3000
@@ -76,8 +78,14 @@ def step_command(
     input_paths: Sequence[str],
     split_index: int | None,
     retry_count: int,
+    origin_run_id: str | None,
 ) -> list[str]:
-    """The command line metaflow-dagster would use to run this task."""
+    """The command line metaflow-dagster would use to run this task.
+
+    ``origin_run_id`` (None in a first run) becomes ``--clone-run-id``, which Metaflow's runtime
+    passes to every task of ``resume``: on ``step`` it only records the origin
+    (``current.origin_run_id``, ``origin-run-id`` metadata); it clones nothing.
+    """
     from metaflow.util import compress_list
 
     options = deployment.step_options(step_name)
@@ -98,6 +106,8 @@ def step_command(
         command.append(f"--namespace={namespace}")
     if split_index is not None:
         command.append(f"--split-index={split_index}")
+    if origin_run_id is not None:
+        command.append(f"--clone-run-id={origin_run_id}")
     return command
 
 
@@ -125,9 +135,42 @@ def step_environment(deployment: Deployment, step_name: str) -> dict[str, str]:
     }
 
 
-def run_step(deployment: Deployment, command: list[str], step_name: str) -> subprocess.CompletedProcess[str]:
-    """Run one step command to completion, capturing its output."""
-    return _run(deployment, command, step_environment(deployment, step_name))
+def run_step(
+    deployment: Deployment, command: list[str], step_name: str, log: AttemptLog | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one step command to completion, capturing its output.
+
+    Args:
+        deployment: The deployment the step belongs to.
+        command: A ``step_command``.
+        step_name: The step, for its environment.
+        log: Fed every line as the subprocess writes it (unbuffered, as Metaflow's runtime runs
+            its steps), to be saved as the attempt's logs.
+    """
+    env = step_environment(deployment, step_name)
+    if log is None:
+        return _run(deployment, command, env)
+    process = subprocess.Popen(
+        command,
+        env={**env, "PYTHONUNBUFFERED": "x"},
+        cwd=str(deployment.flow_file.parent),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    stderr = threading.Thread(target=_feed, args=(process.stderr, "stderr", log), daemon=True)
+    stderr.start()
+    _feed(process.stdout, "stdout", log)
+    stderr.join()
+    returncode = process.wait()
+    return subprocess.CompletedProcess(command, returncode, log.text("stdout"), log.text("stderr"))
+
+
+def _feed(pipe: IO[bytes], stream: str, log: AttemptLog) -> None:
+    with pipe:
+        for line in iter(pipe.readline, b""):
+            log.add(stream, line)
 
 
 def run_init(
