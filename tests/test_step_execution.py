@@ -9,6 +9,8 @@ two field by field).
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,10 +39,19 @@ def test_an_executed_task_knows_its_origin_and_keeps_its_logs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("METAFLOW_USER", os.environ.get("METAFLOW_USER", "tester"))
-    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(tmp_path))
-    monkeypatch.setenv("METAFLOW_CARD_LOCALROOT", str(tmp_path / ".metaflow" / "mf.cards"))
-    flow = load_flow_file(ROOT / "tests" / "support" / "parity_flow.py")
-    deployment = flow_file_deployment(flow)
+    # The flow beside its datastore: steps run in the flow's folder, and write their cards
+    # under the first .metaflow found from there.
+    flow_file = tmp_path / "parity_flow.py"
+    shutil.copyfile(ROOT / "tests" / "support" / "parity_flow.py", flow_file)
+    (tmp_path / ".metaflow").mkdir()
+    flow = load_flow_file(flow_file)
+    top_args = tuple(
+        f"--datastore-root={tmp_path / '.metaflow'}" if arg.startswith("--datastore-root=") else arg
+        for arg in flow.top_args
+    )
+    env = {"METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    flow = replace(flow, top_args=top_args, step_env=env)
+    deployment = replace(flow_file_deployment(flow), top_args=top_args, step_env=env)
     workdir = tmp_path / "side-effects"
     instance = DagsterInstance.ephemeral()
     parameters = {"width": 1, "fail_at": "process", "workdir": str(workdir)}
