@@ -159,3 +159,14 @@ def test_metaflow_run_id_pages_through_the_log(noise_before: int, found: bool) -
     command = "$ python flow.py --quiet step start --run-id dagster-abc123 --task-id 1"
     _log_lines(instance, run_id, [f"noise {i}" for i in range(noise_before)] + [command, "after"])
     assert metaflow_run_id(instance, run_id) == ("dagster-abc123" if found else None)
+
+
+def test_dagster_failure_data_still_has_the_fields_read() -> None:
+    # run_facts reads these private classes by attribute, without importing them: a rename in
+    # Dagster would silently turn every failure into "no details". Fail here instead.
+    assert {"error", "failure_reason", "first_step_failure_event"} <= set(JobFailureData._fields)
+    assert {"error", "user_failure_data"} <= set(StepFailureData._fields)
+    assert {"cls_name", "message", "cause"} <= set(SerializableErrorInfo.__annotations__) | set(
+        dir(SerializableErrorInfo)
+    )
+    assert "description" in UserFailureData._fields

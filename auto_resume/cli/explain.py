@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, EventLogRecord
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from auto_resume.core.decision import Action, Decision, FailedRun, decide, matching_rule
 from auto_resume.core.errors import MetaflowAccessError
@@ -32,14 +32,13 @@ from auto_resume.core.resume_plan import (
 from auto_resume.core.run_ids import check_run_id, is_run_id
 from auto_resume.dagster import tags
 from auto_resume.dagster.code_location import LoadedFlow, load_flow
-from auto_resume.dagster.run_facts import failed_run_facts
+from auto_resume.dagster.run_facts import end_event, failed_run_facts
 from auto_resume.dagster.runs import NOT_FINISHED_STATUSES, InFlight, resumes_of
 from auto_resume.metaflow.deployment import Deployment, DeploymentError
 from auto_resume.metaflow.origin import OriginReader
 from auto_resume.policy.loading import PolicyError, load_policy
 from auto_resume.policy.model import EffectiveFlowSettings, Policy
 
-_END_EVENTS = {DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_CANCELED}
 # Stands for the new Metaflow run in previewed pathspecs: its id exists once the resume runs.
 _NEW_RUN = "<new run>"
 
@@ -170,7 +169,7 @@ def explain_run(
 
 def _facts(instance: DagsterInstance, run: DagsterRun) -> FailedRun:
     """The run's facts, read from its end event as the sensor reads them from its failure event."""
-    end = _end_event(instance, run.run_id)
+    end = end_event(instance, run.run_id)
     if end is None:
         raise OperatorError(f"run {run.run_id} has no end event in its log; it cannot be resumed")
     facts = failed_run_facts(instance, run, end.event_log_entry)
@@ -231,11 +230,6 @@ def _watched(policy_path: Path, run: DagsterRun) -> tuple[Policy, LoadedFlow, Ef
         f"(its flows' jobs: {', '.join(jobs) or 'none'}); add the flow under `flows`, or pass "
         "the right policy with --policy"
     )
-
-
-def _end_event(instance: DagsterInstance, run_id: str) -> EventLogRecord | None:
-    records = instance.get_records_for_run(run_id, of_type=_END_EVENTS, limit=1, ascending=False).records
-    return records[0] if records else None
 
 
 def _as_the_sensor_sees_it(run: DagsterRun, decision: Decision, resumes: Sequence[DagsterRun]) -> Decision:

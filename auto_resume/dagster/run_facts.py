@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from dagster import DagsterInstance, DagsterRun, EventLogEntry
-
-# No public API exposes the failure details of a RUN_FAILURE or STEP_FAILURE event: these two
-# private classes are read here only, and tests/test_run_facts.py builds events from them.
-from dagster._core.events import JobFailureData
-from dagster._core.execution.plan.objects import StepFailureData
-from dagster_shared.error import SerializableErrorInfo
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, EventLogEntry, EventLogRecord
 
 from auto_resume.core.decision import FailedRun
 from auto_resume.core.run_ids import run_id_from_command_line
@@ -34,6 +29,38 @@ _FRAME = '\n  File "'  # a traceback frame; the header may have been cut off wit
 # "<run>/<step>/<task> could not be cloned: ..." when copying it from the origin failed.
 _TASK_FAILED = re.compile(r"^[^\s/]+/(\w+)/\S+ (?:exited with status|could not be cloned)", re.MULTILINE)
 # The resume job's last op, which fails the run when tasks failed (resume_job._finish_op).
+
+
+_END_EVENTS = {DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_CANCELED}
+
+
+class ErrorInfo(Protocol):
+    """What is read of a Dagster error (``SerializableErrorInfo``): its class, message and cause.
+
+    The failure details of a RUN_FAILURE event (``JobFailureData``, ``StepFailureData``) are
+    classes of Dagster's private modules; the public ``DagsterEvent.event_specific_data`` holds
+    them. They are read here by attribute, never imported, and tests/test_run_facts.py checks
+    that Dagster's classes still have the fields read (``error``, ``failure_reason``,
+    ``first_step_failure_event``, ``user_failure_data``).
+    """
+
+    @property
+    def cls_name(self) -> str | None: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def cause(self) -> ErrorInfo | None: ...
+
+
+@dataclass(frozen=True)
+class _Described:
+    """A ``Failure(description=...)`` raised by an op, read as an error of class ``Failure``."""
+
+    message: str
+    cls_name: str = "Failure"
+    cause: None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +100,7 @@ def metaflow_run_id(instance: DagsterInstance, run_id: str) -> str | None:
     return None
 
 
-def user_exception(error: SerializableErrorInfo) -> tuple[str, str]:
+def user_exception(error: ErrorInfo) -> tuple[str, str]:
     """The user's exception class and message behind a Dagster error.
 
     Follows ``cause`` to the innermost error (Dagster wraps user code errors). When its message
@@ -115,18 +142,20 @@ def _failed_step(step_key: str, message: str) -> str:
 def failure_details(entry: EventLogEntry) -> FailureDetails:
     """What failed, from a RUN_FAILURE event: reason, first failed step and its exception."""
     event = entry.dagster_event
-    data = event.event_specific_data if event is not None else None
-    if not isinstance(data, JobFailureData):
+    if event is None or event.event_type != DagsterEventType.RUN_FAILURE:
         return FailureDetails(message=entry.user_message or "")
-    reason = data.failure_reason.value.lower() if data.failure_reason else None
-    step = data.first_step_failure_event
-    step_data = step.event_specific_data if step is not None else None
-    error = step_data.error if isinstance(step_data, StepFailureData) else data.error
-    if isinstance(step_data, StepFailureData) and step_data.user_failure_data is not None:
+    data: Any = event.event_specific_data  # JobFailureData, read by attribute (see ErrorInfo)
+    failure_reason = getattr(data, "failure_reason", None)
+    reason = failure_reason.value.lower() if failure_reason is not None else None
+    step = getattr(data, "first_step_failure_event", None)
+    step_data: Any = step.event_specific_data if step is not None else None  # StepFailureData
+    error: ErrorInfo | None = getattr(step_data, "error", None) if step_data else getattr(data, "error", None)
+    user_failure = getattr(step_data, "user_failure_data", None)
+    if user_failure is not None:
         # `raise Failure(description=...)` (the resume job does): the description is the message.
-        description = step_data.user_failure_data.description or ""
+        description = user_failure.description or ""
         if error is None or _TRACEBACK in description:
-            error = SerializableErrorInfo(description, [], "Failure")
+            error = _Described(description)
     exception_class, message = (
         user_exception(error) if error is not None else (None, entry.user_message or "")
     )
@@ -140,6 +169,12 @@ def failure_details(entry: EventLogEntry) -> FailureDetails:
         exception_class=exception_class,
         message=message,
     )
+
+
+def end_event(instance: DagsterInstance, run_id: str) -> EventLogRecord | None:
+    """The run's last RUN_FAILURE, RUN_SUCCESS or RUN_CANCELED event, if it has one."""
+    records = instance.get_records_for_run(run_id, of_type=_END_EVENTS, limit=1, ascending=False).records
+    return records[0] if records else None
 
 
 def failed_run_facts(instance: DagsterInstance, run: DagsterRun, failure: EventLogEntry) -> FailedRun:
