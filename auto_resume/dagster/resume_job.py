@@ -22,6 +22,7 @@ the run if any task failed.
 from typing import Any
 
 from dagster import (
+    DagsterRunStatus,
     Failure,
     Field,
     In,
@@ -30,6 +31,8 @@ from dagster import (
     OpDefinition,
     OpExecutionContext,
     Out,
+    RunRecord,
+    RunsFilter,
     in_process_executor,
     job,
     op,
@@ -147,6 +150,7 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
             clone_pool.start()
         try:
             origin_run_id = check_run_id(config["origin_run_id"])
+            _refuse_a_second_resume(context, job_name, origin_run_id)
             rerun = (
                 flow.downstream_of(check_step_name(flow, config["from_step"]))
                 if config.get("from_step")
@@ -176,6 +180,62 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
         )
 
     return _origin
+
+
+# Another resume of the same origin in one of these keeps this one from starting.
+_AT_WORK = frozenset(
+    {
+        DagsterRunStatus.STARTED,
+        DagsterRunStatus.CANCELING,
+        DagsterRunStatus.SUSPENDED,
+        DagsterRunStatus.MANAGED,
+    }
+)
+_WAITING = frozenset({DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING})
+
+
+def _refuse_a_second_resume(context: OpExecutionContext, job_name: str, origin_run_id: str) -> None:
+    """Fail, naming it, if another resume of ``origin_run_id`` is at work, waiting before this one, or done.
+
+    The sensor and ``auto-resume resume`` cannot make two resumes of one failure (one run key);
+    a run launched from the Launchpad has no run key and no ``auto_resume/...`` tags, so this op
+    tags its own run with its origin first, then looks at the other runs of this job with that
+    origin: one at work (started) or succeeded blocks this one, and so does one still waiting
+    that was created before it; a run made with ``--force`` (tag ``auto_resume/manual=forced``)
+    is not blocked by a succeeded one. The refused run is tagged ``auto_resume/opt_out``, so the
+    sensor does not resume it, and ``auto_resume/duplicate_of`` with the other run's id.
+    """
+    instance = context.instance
+    own_id = context.run_id
+    if context.run.tags.get(tags.ORIGIN_METAFLOW_RUN_ID) != origin_run_id:
+        instance.add_run_tags(own_id, {tags.ORIGIN_METAFLOW_RUN_ID: origin_run_id})
+    records = instance.get_run_records(
+        RunsFilter(job_name=job_name, tags={tags.ORIGIN_METAFLOW_RUN_ID: origin_run_id})
+    )
+    own = next((r for r in records if r.dagster_run.run_id == own_id), None)
+    forced = context.run.tags.get(tags.MANUAL) == "forced"
+    blocker = next((r for r in records if r is not own and _blocks(r, own, forced)), None)
+    if blocker is None:
+        return
+    other = blocker.dagster_run
+    instance.add_run_tags(own_id, {tags.OPT_OUT: "true", tags.DUPLICATE_OF: other.run_id})
+    raise Failure(
+        description=(
+            f"another resume of {origin_run_id} exists: run {other.run_id} ({other.status.value}); "
+            "two resumes of one origin would run the same tasks twice. This run did nothing and is "
+            f"tagged {tags.OPT_OUT}=true (the sensor leaves it alone)"
+        )
+    )
+
+
+def _blocks(other: RunRecord, own: RunRecord | None, forced: bool) -> bool:
+    status = other.dagster_run.status
+    if status in _AT_WORK:
+        return True
+    if status is DagsterRunStatus.SUCCESS:
+        return not forced
+    # Created before this run, and not started yet: it will see this run at work and refuse.
+    return status in _WAITING and own is not None and other.storage_id < own.storage_id
 
 
 def _step_op(job_name: str, deployment: Deployment, flow: FlowShape, step: StepShape) -> OpDefinition:
