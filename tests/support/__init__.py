@@ -10,7 +10,12 @@
 - ``linear_origin``: a failed LinearFlow origin made by Metaflow subprocesses, on a datastore of its own.
 """
 
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: ``workspace.yaml``, ``dagster.yaml``, ``.venv`` and ``examples`` are here."""
+
+BIN = Path(sys.executable).parent
+"""The scripts of the virtualenv running the tests (``dagster-daemon``, ``auto-resume``): CI runs
+the suite in one virtualenv per Python and lock (``.venv``, ``.venv-py313``, ``.venv-oldest``)."""

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from tests.support import ROOT
+from tests.support import BIN, ROOT
 
 DAEMON_STOP_TIMEOUT_S = 30.0
 
@@ -65,7 +65,7 @@ def start_daemon(workspace: str | Path, env: Mapping[str, str], log_file: Path) 
     """
     with log_file.open("a") as log:
         return start_tied_to_this_thread(
-            [str(ROOT / ".venv" / "bin" / "dagster-daemon"), "run", "-w", str(workspace)],
+            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
             log=log,
             env=env,
             own_process_group=True,
