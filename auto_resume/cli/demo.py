@@ -29,7 +29,8 @@ from auto_resume.dagster.sensor import SENSOR_NAME
 from auto_resume.metaflow.commands import compile_definitions
 from auto_resume.metaflow.records import client_view
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "flows"
+# The example flows ship in the package (package data), so the demo runs from an installed wheel.
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FLOW_FILE = "foreach_flow.py"
 JOB_NAME = "ForeachFlow"
 # Dagster's console logger prints every event; the demo shows its own summary instead.
