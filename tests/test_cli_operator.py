@@ -4,16 +4,18 @@ Everything is real except the Dagster run workers: a SQLite instance in a tempor
 with the QueuedRunCoordinator of the repo's dagster.yaml; a LinearFlow Metaflow run made by
 Metaflow's own runtime (``python linear_flow.py run``, its ``process`` step fails) in the
 examples' datastore; Dagster runs named like the flow's job, executed in-process, that log the
-metaflow-dagster command line naming that Metaflow run and fail or succeed. ``resume`` submits
-to the instance's queue through the real ``auto_resume`` code location (no daemon runs here, so
-the run stays QUEUED); the sensor is then ticked against the same instance.
+metaflow-dagster command line naming that Metaflow run and fail or succeed. ``resume`` records
+its request on the run; the sensor is then ticked against the same instance, and the run it
+requests is created as the daemon would (no daemon runs here).
 """
 
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,17 @@ from dagster import (
     DagsterRunStatus,
     Failure,
     OpExecutionContext,
+    RunRequest,
+    RunsFilter,
     build_sensor_context,
     job,
     op,
 )
 
+from auto_resume.cli.explain import explain_run
 from auto_resume.cli.main import main
+from auto_resume.cli.render import format_resume
+from auto_resume.cli.submit import prepare_resume, request_resume
 from auto_resume.dagster import tags
 from auto_resume.dagster.resume_job import build_resume_job
 from auto_resume.dagster.sensor import evaluate
@@ -323,6 +330,8 @@ def test_resume_refuses_what_the_policy_forbids_unless_forced(
     assert resume["tags"][tags.ATTEMPT] == str(expected_attempt)
     assert resume["tags"][tags.ROOT_RUN_ID] == run_tags.get(tags.ROOT_RUN_ID, run_id)
     assert home.get_runs_count() == 1  # a dry run submits nothing
+    run = home.get_run_by_id(run_id)
+    assert run is not None and tags.RESUME_REQUESTED not in run.tags  # and records nothing
 
 
 def test_resume_overrides_a_wait_and_says_so(
@@ -368,27 +377,57 @@ def test_succeeded_run_needs_from_step(
     assert document["plan"]["tasks"][0]["why"] == "at or after --from-step"
 
 
-def test_resume_submits_to_the_queue_and_the_sensor_leaves_the_failure_alone(
-    home: DagsterInstance, metaflow_run: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run_id = _run(home, metaflow_run)
+def _tick(instance: DagsterInstance) -> list[RunRequest]:
+    """One tick of the sensor, its cursor placed before every failure of the instance."""
     policy = Path(os.environ["AUTO_RESUME_POLICY"])
     deployment = read_deployment(LINEAR_DEFS)
     resume_job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
     by_job = {deployment.job_name: deployment, deployment.resume_job_name: deployment}
-    # The sensor's cursor placed before the failure, so its next tick reads it.
-    cursor = json.dumps({"after": 0, "pending": []})
+    context = build_sensor_context(instance=instance, cursor=json.dumps({"after": 0, "pending": []}))
+    result = evaluate(context, by_job, {resume_job.name: resume_job}, policy, now=time.time())
+    return list(result.run_requests or [])
 
-    status, document = _cli(capsys, "resume", run_id, "-w", str(REPO_ROOT / "workspace.yaml"))
+
+def _create(instance: DagsterInstance, request: RunRequest) -> DagsterRun:
+    """What the daemon makes of the sensor's RunRequest: a run tagged with its run key."""
+    assert request.job_name is not None and request.run_key is not None
+    return instance.add_run(
+        DagsterRun(
+            job_name=request.job_name,
+            run_id=str(uuid.uuid4()),
+            run_config=request.run_config,
+            tags={**request.tags, tags.DAGSTER_RUN_KEY: request.run_key},
+            status=DagsterRunStatus.NOT_STARTED,
+        )
+    )
+
+
+def test_resume_records_a_request_that_the_sensor_answers_once(
+    home: DagsterInstance, metaflow_run: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = _run(home, metaflow_run)
+    status, document = _cli(capsys, "resume", run_id, "--wait", "0")
     assert status == 0, document
-    submitted = document["resume"]["run_id"]
-    run = home.get_run_by_id(submitted)
-    assert run is not None
-    assert run.status == DagsterRunStatus.QUEUED  # the coordinator queued it; the daemon would launch it
-    assert run.job_name == "LinearFlow_resume"
-    assert run.run_config == {
-        "ops": {"LinearFlow_resume__origin": {"config": {"origin_run_id": metaflow_run}}}
-    }
+    resume = document["resume"]
+    assert (resume["requested"], resume["pending"], resume["run_id"]) == (True, True, None)
+    assert resume["run_key"] == f"resume-of-{run_id}"
+    # Recorded on the run; no run created by the command itself.
+    failed = home.get_run_by_id(run_id)
+    assert failed is not None
+    assert failed.tags[tags.RESUME_REQUESTED] == "manual"
+    request = json.loads(failed.tags[tags.RESUME_REQUEST])
+    assert (request["run_id"], request["run_key"], request["from_step"]) == (run_id, resume["run_key"], None)
+    assert home.get_runs_count() == 1
+
+    # The sensor's tick reads the failure and the request: one run request, the manual one.
+    (run_request,) = _tick(home)
+    assert run_request.run_key == f"resume-of-{run_id}"
+    assert run_request.job_name == "LinearFlow_resume"
+    assert (
+        run_request.run_config
+        == resume["run_config"]
+        == {"ops": {"LinearFlow_resume__origin": {"config": {"origin_run_id": metaflow_run}}}}
+    )
     expected = {
         tags.ROOT_RUN_ID: run_id,
         tags.PARENT_RUN_ID: run_id,
@@ -397,44 +436,76 @@ def test_resume_submits_to_the_queue_and_the_sensor_leaves_the_failure_alone(
         tags.SOURCE_JOB: "LinearFlow",
         tags.MANUAL: "true",
     }
-    assert {key: run.tags[key] for key in expected} == expected
-    assert tags.PARENT_FAILURE in run.tags
+    assert {key: run_request.tags[key] for key in expected} == expected
+    assert run_request.tags == resume["tags"]
+    created = _create(home, run_request)
+    assert _tick(home) == []  # answered: neither the request nor the failure again
 
-    # The sensor sees the failure afterwards: it must not resume it a second time.
-    context = build_sensor_context(instance=home, cursor=cursor)
-    result = evaluate(context, by_job, {resume_job.name: resume_job}, policy, now=time.time())
-    assert not result.run_requests
-    assert result.skip_reason is not None
-    assert f"run {run_id} (LinearFlow): skip: already resumed by run {submitted}" in (
-        result.skip_reason.skip_message or ""
-    )
-
-    # Nor does a second manual resume, unless forced.
+    # A second manual resume is refused unless forced; forced, it is the run's second resume.
     status, document = _cli(capsys, "resume", run_id, "--dry-run")
     assert status == 1
-    assert f"was already resumed by run {submitted} (QUEUED, manual)" in document["error"]
+    assert f"was already resumed by run {created.run_id} (NOT_STARTED, manual)" in document["error"]
+    status, document = _cli(capsys, "resume", run_id, "--dry-run", "--force")
+    assert status == 0
+    assert document["resume"]["run_key"] == f"resume-of-{run_id}#2"
+    assert document["resume"]["tags"][tags.MANUAL] == "forced"
     status, document = _cli(capsys, "explain", run_id)
     assert document["decision"]["action"] == "skip"
-    assert document["resumes"] == [{"run_id": submitted, "status": "QUEUED", "manual": True}]
+    assert document["resumes"] == [{"run_id": created.run_id, "status": "NOT_STARTED", "manual": True}]
 
 
-def test_resume_with_a_workspace_without_the_location_exits_1(
-    home: DagsterInstance, metaflow_run: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_resume_waits_for_the_run_and_names_it(
+    home: DagsterInstance, metaflow_run: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    run_id = _run(home, metaflow_run, fail=False)
+
+    def sensor() -> None:
+        # Another process's sensor: ticks once the request is there, as the daemon would.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            run = home.get_run_by_id(run_id)
+            if run is not None and tags.RESUME_REQUESTED in run.tags:
+                for run_request in _tick(home):
+                    _create(home, run_request)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=sensor)
+    thread.start()
+    status, document = _cli(capsys, "resume", run_id, "--from-step", "process", "--wait", "30")
+    thread.join()
+    assert status == 0, document
+    resume = document["resume"]
+    assert (resume["pending"], resume["manual"]) == (False, True)
+    created = home.get_run_by_id(resume["run_id"])
+    assert created is not None
+    assert created.tags[tags.DAGSTER_RUN_KEY] == f"resume-of-{run_id}"
+    assert created.run_config == {
+        "ops": {
+            "LinearFlow_resume__origin": {"config": {"origin_run_id": metaflow_run, "from_step": "process"}}
+        }
+    }
+    assert tags.PARENT_FAILURE not in created.tags  # a succeeded run: no failure to fingerprint
+
+
+def test_the_sensor_deciding_first_answers_the_request(
+    home: DagsterInstance, metaflow_run: str, tmp_path: Path
+) -> None:
+    # The command decided and prepared its request; the sensor resumed the failure on its own in
+    # between. The request has the same run key: it is answered by that run, nothing more is made.
     run_id = _run(home, metaflow_run)
-    status, document = _cli(capsys, "resume", run_id, "-w", str(tmp_path / "nope.yaml"))
-    assert (status, document["error"].split(":")[0]) == (
-        1,
-        f"workspace file {tmp_path / 'nope.yaml'} does not exist",
-    )
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n  - python_file:\n      relative_path: x.py\n      location_name: other\n"
-    )
-    status, document = _cli(capsys, "resume", run_id, "-w", str(workspace))
-    assert status == 1
-    assert f"workspace file {workspace} has no code location named 'auto_resume'" in document["error"]
-    assert home.get_runs_count() == 1
+    policy = Path(os.environ["AUTO_RESUME_POLICY"])
+    explanation = explain_run(home, policy, run_id)
+    manual = prepare_resume(explanation, None, force=False)
+    (automatic,) = _tick(home)
+    created = _create(home, automatic)
+    answer = request_resume(home, manual, wait=5)
+    assert answer is not None and answer.run_id == created.run_id
+    assert tags.MANUAL not in answer.tags
+    assert _tick(home) == []
+    text = format_resume(explanation, manual, False, answer, 5)
+    assert f"resumed by the sensor itself: its run {created.run_id} (resume-of-{run_id})" in text
+    assert len(home.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: run_id}))) == 1
 
 
 def test_help_usage_errors_and_text_refusals(capsys: pytest.CaptureFixture[str]) -> None:
@@ -452,3 +523,8 @@ def test_help_usage_errors_and_text_refusals(capsys: pytest.CaptureFixture[str])
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("auto-resume resume: 'x y' is not a Dagster run id")
+    for wait in ("-1", "soon", "3601"):
+        with pytest.raises(SystemExit) as exited:
+            main(["resume", "abc", "--wait", wait])
+        assert exited.value.code == 2
+    assert "--wait: must be a number of seconds from 0 to 3600" in capsys.readouterr().err

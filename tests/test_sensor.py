@@ -416,3 +416,109 @@ def test_sensor_takes_interval_and_status_from_policy(tmp_path: Path, watched) -
     definition = build_auto_resume_sensor(deployments, list(jobs.values()), load_policy(path), path)
     assert definition.default_status == DefaultSensorStatus.RUNNING
     assert definition.minimum_interval_seconds == 7
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, watched: tuple[dict, dict]) -> Iterator[Sensor]:
+    """A sensor on an instance of its own: open resume requests stay out of the module's instance."""
+    with instance_for_test() as test_instance:
+        yield Sensor(test_instance, tmp_path / "policy.yaml", watched)
+
+
+def _request(instance: DagsterInstance, run_id: str, forced: bool = False, number: int = 1) -> str:
+    from auto_resume.dagster.resume_requests import ResumeRequest, record_request, resume_run_key
+
+    key = resume_run_key(run_id, number)
+    record_request(instance, ResumeRequest(run_id, key, None, forced, time.time()))
+    return key
+
+
+def _create(instance: DagsterInstance, request: RunRequest) -> DagsterRun:
+    """What the daemon makes of a RunRequest: a queued run tagged with its run key."""
+    assert request.job_name is not None and request.run_key is not None
+    return instance.add_run(
+        DagsterRun(
+            job_name=request.job_name,
+            run_id=str(uuid.uuid4()),
+            run_config=request.run_config,
+            tags={**request.tags, tags.DAGSTER_RUN_KEY: request.run_key},
+            status=DagsterRunStatus.NOT_STARTED,
+        )
+    )
+
+
+def test_request_and_failure_in_one_tick_make_one_request(fresh: Sensor) -> None:
+    # The failure is new to the sensor and requested by hand before the tick: one request, the
+    # manual one, with the sensor's own run key for that failure.
+    run_id = create_failed_run(fresh.instance, "LinearFlow", metaflow_run_id="dagster-aaaaaaaaaaaa")
+    key = _request(fresh.instance, run_id)
+    result = fresh.tick()
+    (request,) = requests(result)
+    assert request.run_key == key == f"resume-of-{run_id}"
+    assert request.tags[tags.MANUAL] == "true"
+    assert request.tags[tags.PARENT_RUN_ID] == run_id
+    assert request.tags[tags.ATTEMPT] == "1"
+    assert request.run_config == {
+        "ops": {"LinearFlow_resume__origin": {"config": {"origin_run_id": "dagster-aaaaaaaaaaaa"}}}
+    }
+    _create(fresh.instance, request)
+    # Answered: neither the request nor the failure is resumed again.
+    assert requests(fresh.tick()) == []
+    assert requests(fresh.tick()) == []
+
+
+def test_request_overrides_a_wait_and_a_forced_one_a_skip(fresh: Sensor) -> None:
+    fresh.write("defaults:\n  backoff: {initial_seconds: 3600}\n")
+    waiting = create_failed_run(fresh.instance, "LinearFlow", metaflow_run_id="dagster-bbbbbbbbbbbb")
+    assert requests(fresh.tick()) == []  # backoff: waits in the cursor
+    assert [p["run_id"] for p in fresh.pending()] == [waiting]
+    opted_out = create_failed_run(
+        fresh.instance, "LinearFlow", metaflow_run_id="dagster-cccccccccccc", run_tags={tags.OPT_OUT: "true"}
+    )
+    _request(fresh.instance, waiting)
+    _request(fresh.instance, opted_out, forced=True)
+    result = fresh.tick()
+    by_parent = {r.tags[tags.PARENT_RUN_ID]: r for r in requests(result)}
+    assert set(by_parent) == {waiting, opted_out}
+    assert by_parent[waiting].tags[tags.MANUAL] == "true"
+    assert by_parent[opted_out].tags[tags.MANUAL] == "forced"
+    for request in by_parent.values():
+        _create(fresh.instance, request)
+    run = fresh.instance.get_run_by_id(opted_out)
+    assert run is not None and tags.GAVE_UP not in run.tags  # the forced request decided it
+    # Once the backoff is over, the waiting failure is answered already.
+    later = fresh.tick(now=time.time() + 7200)
+    assert requests(later) == []
+    assert fresh.pending() == []
+
+
+def test_second_forced_request_gets_a_key_of_its_own(fresh: Sensor) -> None:
+    run_id = create_failed_run(fresh.instance, "LinearFlow", metaflow_run_id="dagster-dddddddddddd")
+    (first,) = requests(fresh.tick())
+    _create(fresh.instance, first)
+    key = _request(fresh.instance, run_id, forced=True, number=2)
+    (second,) = requests(fresh.tick())
+    assert (first.run_key, second.run_key) == (f"resume-of-{run_id}", key)
+    assert key == f"resume-of-{run_id}#2"
+    assert tags.MANUAL not in first.tags and second.tags[tags.MANUAL] == "forced"
+
+
+def test_copied_or_unanswerable_request_is_not_answered(fresh: Sensor) -> None:
+    # Dagster copies a run's tags to its re-executions: a request naming another run is not one.
+    original = create_failed_run(fresh.instance, "LinearFlow", metaflow_run_id="dagster-eeeeeeeeeeee")
+    _request(fresh.instance, original)
+    copy = create_failed_run(fresh.instance, "OtherJob", run_tags={})
+    copied = fresh.instance.get_run_by_id(original)
+    assert copied is not None
+    fresh.instance.add_run_tags(
+        copy, {key: value for key, value in copied.tags.items() if key.startswith(tags.PREFIX)}
+    )
+    (request,) = requests(fresh.tick())
+    assert request.tags[tags.PARENT_RUN_ID] == original
+    _create(fresh.instance, request)
+    # A request for a run of a job the sensor does not watch: noted, tried again, never launched.
+    _request(fresh.instance, copy)
+    result = fresh.tick()
+    assert f"run {copy} (OtherJob): manual resume request resume-of-{copy}: cannot be answered now" in (
+        result.skip_reason.skip_message if result.skip_reason else ""
+    )

@@ -7,12 +7,11 @@ scripts (errors included). Exit status: 0 success, 1 failure or invalid input, 2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ _TEXT_WIDTH = 88
 
 _EPILOG = """\
 exit status:
-  0  success (validate: the policy is valid; demo: the run was resumed; resume: the run was
-     submitted, or shown with --dry-run)
+  0  success (validate: the policy is valid; demo: the run was resumed; resume: the resume
+     was requested (and created, or pending), or shown with --dry-run)
   1  failure: an invalid policy, an instance that cannot be opened, a failed demo; explain and
      resume: a bad or unknown run id, a run of a job not in the policy, a run still going;
      resume: a run the policy refuses (without --force), a succeeded run without --from-step
@@ -61,23 +60,6 @@ def _demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"resumed": ok, "lines": lines}, indent=2))
     return EXIT_OK if ok else EXIT_FAILURE
-
-
-def _ui(args: argparse.Namespace) -> int:
-    from auto_resume.cli.ui import UiError, run_ui
-
-    try:
-        # Flushed line by line: the command runs until Ctrl-C, often with its output in a file.
-        run_ui(
-            lambda line: print(line, flush=True),
-            port=args.port,
-            keep=args.keep,
-            width=args.width,
-            fail_index=args.fail_index,
-        )
-    except UiError as exc:
-        raise CommandError(str(exc)) from exc
-    return EXIT_OK
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -137,8 +119,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     from auto_resume.cli.explain import OperatorError, check_dagster_run_id, explain_run
-    from auto_resume.cli.render import explanation_document, format_resume
-    from auto_resume.cli.submit import prepare_resume, submit_resume
+    from auto_resume.cli.render import format_resume, resume_document
+    from auto_resume.cli.submit import prepare_resume, request_resume
     from auto_resume.policy.loading import default_policy_path
 
     policy = (Path(args.policy) if args.policy else default_policy_path()).absolute()
@@ -146,26 +128,17 @@ def _resume(args: argparse.Namespace) -> int:
     instance = _open_instance()
     try:
         explanation = explain_run(instance, policy, args.run_id, from_step=args.from_step)
-        request = prepare_resume(explanation, args.from_step, args.force)
-        submitted = None
-        if not args.dry_run:
-            # The location must build its jobs from the policy the decision was taken under.
-            with _environment("AUTO_RESUME_POLICY", str(policy)), _stdout_to_stderr():
-                submitted = submit_resume(instance, Path(args.workspace), request, args.location)
+        manual = prepare_resume(explanation, args.from_step, args.force)
+        answer = None if args.dry_run else request_resume(instance, manual, args.wait)
     except OperatorError as exc:
         raise CommandError(str(exc)) from exc
     finally:
         instance.dispose()
-    document = explanation_document(explanation, policy)
-    document["resume"] = {
-        "job_name": request.job_name,
-        "run_config": request.run_config,
-        "tags": request.tags,
-        "notes": list(request.notes),
-        "dry_run": args.dry_run,
-        "run_id": submitted,
-    }
-    _emit(args, document, format_resume(explanation, request, submitted))
+    _emit(
+        args,
+        resume_document(explanation, policy, manual, args.dry_run, answer),
+        format_resume(explanation, manual, args.dry_run, answer, args.wait),
+    )
     return EXIT_OK
 
 
@@ -175,34 +148,6 @@ def _check_run_id(check: Callable[[str], str], run_id: str, error: type[Exceptio
         check(run_id)
     except error as exc:
         raise CommandError(str(exc)) from exc
-
-
-@contextlib.contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to stderr: the code server started to load the job logs to its
-    stdout, which it inherits, and stdout is for the command's own output (one JSON document)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _open_instance() -> Any:
@@ -232,6 +177,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 3600, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, exposed for tests and documentation."""
     parser = argparse.ArgumentParser(
@@ -250,7 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_history(commands)
     _add_explain(commands)
     _add_resume(commands)
-    _add_ui(commands)
     return parser
 
 
@@ -361,18 +315,20 @@ def _add_resume(commands: Any) -> None:
         commands,
         "resume",
         "resume a finished run now, by hand, as the sensor would (same job, run config and tags)",
-        "Decides the run as `explain` does and submits a run of the flow's <job>_resume to the "
-        "instance's run queue (the daemon launches it), with the sensor's run config and tags: "
-        "it counts as the next attempt of the failure's lineage, is tagged auto_resume/manual, "
-        "and the sensor does not resume that failure again. A decision to wait (backoff, time "
+        "Decides the run as `explain` does and asks auto_resume_sensor to resume it: the request "
+        "is recorded on the run (tags auto_resume/resume_requested and auto_resume/resume_request) "
+        "and the sensor, on its next tick, creates the run of the flow's <job>_resume with its "
+        "own run config, tags and run key (resume-of-RUN_ID), so a manual resume and the "
+        "sensor's own decision never make two runs. The resume counts as the next attempt of the "
+        "failure's lineage and is tagged auto_resume/manual. A decision to wait (backoff, time "
         "window, in-flight cap) is overridden. Refused, unless --force: what the policy skips or "
         "gives up on (opted out, flow disabled, too old, an error rule `never`, max_attempts "
         "spent, the same failure again), a canceled run, a run already resumed. Always refused: "
         "a bad or unknown run id, a run of a job not in the policy, a run still going, a "
-        "succeeded run without --from-step, a run with no Metaflow run to resume. The job is "
-        "loaded from the auto_resume code location of the workspace file, that location only, "
-        "with AUTO_RESUME_POLICY set to the policy used. Exit status 0 when submitted (or shown "
-        "with --dry-run), 1 when refused.",
+        "succeeded run without --from-step, a run with no Metaflow run to resume. Then waits "
+        "(--wait) for the resume run and prints its id, or says the request is pending (the "
+        "sensor has not ticked since, or is stopped: it is answered once the sensor runs). Exit "
+        "status 0 when requested (resumed or pending) or shown with --dry-run, 1 when refused.",
         _resume,
     )
     resume.add_argument("run_id", metavar="RUN_ID", help="Dagster run id of the run to resume")
@@ -382,51 +338,25 @@ def _add_resume(commands: Any) -> None:
         help="re-run this step and every step after it, even if they finished (allowed on a succeeded run)",
     )
     resume.add_argument(
-        "--dry-run", action="store_true", help="print the run config, tags and plan; submit nothing"
+        "--dry-run", action="store_true", help="print the run config, tags and plan; request nothing"
     )
     resume.add_argument(
         "--force", action="store_true", help="resume even what the policy skips or gives up on"
     )
     resume.add_argument("--policy", metavar="PATH", help=_POLICY_HELP)
     resume.add_argument(
-        "-w",
-        "--workspace",
-        metavar="PATH",
-        default="workspace.yaml",
-        help="the deployment's workspace file (default ./workspace.yaml)",
-    )
-    resume.add_argument(
-        "--location",
-        metavar="NAME",
-        default="auto_resume",
-        help="its code location of auto_resume.definitions (default auto_resume)",
+        "--wait",
+        type=_seconds,
+        default=60,
+        metavar="SECONDS",
+        help="wait this long for the sensor to create the resume run (default 60; 0: do not wait)",
     )
     resume.add_argument(
         "--json",
         action="store_true",
         help='print what explain --json prints, plus "resume": {"job_name", "run_config", "tags", '
-        '"notes", "dry_run", "run_id"}',
+        '"run_key", "notes", "dry_run", "requested", "run_id", "manual", "pending"}',
     )
-
-
-def _add_ui(commands: Any) -> None:
-    ui = _subparser(
-        commands,
-        "ui",
-        "serve the Dagster UI on a throwaway SQLite instance, with a failing run the sensor resumes",
-        "Writes a throwaway DAGSTER_HOME (SQLite instance, a policy whose sensor ticks every 5 s "
-        "and starts running, the foreach example compiled by metaflow-dagster), runs `dagster dev` "
-        "(webserver and daemon) on 127.0.0.1, and once the sensor has ticked launches one run of "
-        "the example in which one item fails once: the UI shows the failed run and the resume "
-        "run the sensor launched. Needs no PostgreSQL. Runs until Ctrl-C, which stops dagster dev "
-        "and removes the home. Exit status 0 when stopped with Ctrl-C; 1 when dagster dev does not "
-        "start or stops by itself.",
-        _ui,
-    )
-    ui.add_argument("--port", type=_positive, help="port of the UI on 127.0.0.1 (default: a free one)")
-    ui.add_argument("--keep", action="store_true", help="keep the throwaway DAGSTER_HOME and say where it is")
-    ui.add_argument("--width", type=_positive, default=2, help="foreach items in the example (default 2)")
-    ui.add_argument("--fail-index", type=int, default=1, help="item that fails once (default 1)")
 
 
 def main(argv: list[str] | None = None) -> int:

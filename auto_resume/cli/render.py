@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dagster import DagsterRun
+
 from auto_resume.cli.explain import Explanation, ResumePlan, describe_run, plan_summary
 from auto_resume.cli.history import Lineage, RunSummary
-from auto_resume.cli.submit import ResumeRequest
+from auto_resume.cli.submit import ManualResume
 from auto_resume.dagster import tags
 
 
@@ -139,27 +141,78 @@ def _format_plan(plan: ResumePlan | None, error: str | None) -> str:
     return "\n".join(lines)
 
 
-def format_resume(explanation: Explanation, request: ResumeRequest, submitted: str | None) -> str:
+def resume_document(
+    explanation: Explanation,
+    policy: Path,
+    manual: ManualResume,
+    dry_run: bool,
+    answer: DagsterRun | None,
+) -> dict[str, Any]:
+    """``auto-resume resume --json``: what ``explain --json`` prints, plus ``resume``.
+
+    ``resume.run_id`` is the run that answers the request (null with ``--dry-run`` or while the
+    request is pending); ``resume.manual`` says whether it is the manual resume (false: the
+    sensor's own resume of the failure came first and answers it).
+    """
+    document = explanation_document(explanation, policy)
+    document["resume"] = {
+        "job_name": manual.job_name,
+        "run_config": manual.run_config,
+        "tags": manual.tags,
+        "run_key": manual.request.run_key,
+        "notes": list(manual.notes),
+        "dry_run": dry_run,
+        "requested": not dry_run,
+        "run_id": answer.run_id if answer is not None else None,
+        "manual": (tags.MANUAL in answer.tags) if answer is not None else None,
+        "pending": not dry_run and answer is None,
+    }
+    return document
+
+
+def format_resume(
+    explanation: Explanation,
+    manual: ManualResume,
+    dry_run: bool,
+    answer: DagsterRun | None,
+    waited: float,
+) -> str:
     """``auto-resume resume`` as text.
 
     Args:
         explanation: The run's explanation.
-        request: The run submitted, or shown with ``--dry-run``.
-        submitted: The new run's id; None for a dry run.
+        manual: The run requested, or shown with ``--dry-run``.
+        dry_run: Nothing was requested.
+        answer: The run created for the request; None for a dry run or a pending request.
+        waited: Seconds waited for it.
 
     Returns:
-        The decision, what the manual resume overrides, the run config, tags and plan.
+        The decision, what the manual resume overrides, the run config, tags and plan, and
+        what became of the request.
     """
+    key = manual.request.run_key
     lines = [f"decision: {explanation.decision.action.value}: {explanation.decision.reason}"]
-    lines += [f"note: {note}" for note in request.notes]
-    lines.append(f"resume job {request.job_name}, run config {json.dumps(request.run_config)}")
-    lines += [f"  tag {key} = {value}" for key, value in sorted(request.tags.items())]
+    lines += [f"note: {note}" for note in manual.notes]
+    lines.append(f"resume job {manual.job_name}, run key {key}, run config {json.dumps(manual.run_config)}")
+    lines += [f"  tag {name} = {value}" for name, value in sorted(manual.tags.items())]
     lines.append(_format_plan(explanation.plan, explanation.plan_error))
-    if submitted is None:
-        lines.append("dry run: nothing submitted")
+    if dry_run:
+        lines.append("dry run: nothing requested")
+    elif answer is not None and tags.MANUAL in answer.tags:
+        lines.append(
+            f"resumed: auto_resume_sensor created run {answer.run_id} of {manual.job_name} for the "
+            f"request ({key}); the daemon launches it"
+        )
+    elif answer is not None:
+        lines.append(
+            f"resumed by the sensor itself: its run {answer.run_id} ({key}) already answers this "
+            "failure, so the request made no second run"
+        )
     else:
         lines.append(
-            f"submitted run {submitted} of {request.job_name} to the run queue (the daemon launches it)"
+            f"requested ({key}), pending: auto_resume_sensor has not answered within {waited:g} s. "
+            "It creates the run on its next tick; if it is stopped, turn it on (Dagster UI, "
+            f"Automation). `auto-resume explain {explanation.run.run_id}` shows the run once it exists."
         )
     return "\n".join(lines)
 

@@ -1,56 +1,64 @@
-"""What ``auto-resume resume`` does: the run the sensor would request, submitted by hand.
+"""What ``auto-resume resume`` does: ask the sensor to resume a run, and wait for its answer.
 
-``prepare_resume`` turns an explanation (:mod:`auto_resume.cli.explain`) into the run the sensor
-would request (same run config, same ``auto_resume/...`` tags, plus ``auto_resume/manual``), or
-refuses with the reason; ``submit_resume`` submits it to the instance's run queue through the
-workspace's ``auto_resume`` code location, as ``dagster job launch`` does. Dagster has no public
-API for that: this module is the one place that uses its private workspace and selector classes,
-and tests/test_cli_operator.py submits a real run through them.
+``prepare_resume`` turns an explanation (:mod:`auto_resume.cli.explain`) into the run a manual
+resume makes (the sensor's run config and tags, plus ``auto_resume/manual``), or refuses with the
+reason. ``request_resume`` does not create that run: it records a request on the finished run
+(:mod:`auto_resume.dagster.resume_requests`) and waits for ``auto_resume_sensor`` to create it.
+The sensor is the one launcher of resume runs, and a request carries the sensor's own run key
+for the failure (``resume-of-<run id>``), so a manual resume racing the sensor's own decision
+still makes one run: the daemon refuses a second run with the same key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from auto_resume.cli.explain import Explanation, OperatorError, describe_run
 from auto_resume.core.decision import Action, Decision, decide
-from auto_resume.dagster import tags
-from auto_resume.dagster.resume_job import resume_run_config
-from auto_resume.dagster.sensor import resume_tags
-
-DEFAULT_LOCATION = "auto_resume"
+from auto_resume.dagster.resume_job import build_resume_job
+from auto_resume.dagster.resume_requests import (
+    ResumeRequest,
+    record_request,
+    resume_run_key,
+    wait_for_answer,
+)
+from auto_resume.dagster.sensor import checked_run_config, manual_resume_tags
 
 
 @dataclass(frozen=True)
-class ResumeRequest:
-    """The run ``auto-resume resume`` submits."""
+class ManualResume:
+    """The run ``auto-resume resume`` asks for, and the request that asks for it."""
 
     job_name: str
     run_config: dict[str, Any]
     tags: dict[str, str]
     notes: tuple[str, ...]  # what the manual resume overrides
+    request: ResumeRequest
 
 
-def prepare_resume(explanation: Explanation, from_step: str | None, force: bool) -> ResumeRequest:
-    """The run a manual resume submits, or :class:`OperatorError` saying why it is refused.
+def prepare_resume(
+    explanation: Explanation, from_step: str | None, force: bool, now: float | None = None
+) -> ManualResume:
+    """The run a manual resume asks for, or :class:`OperatorError` saying why it is refused.
 
     The sensor's run config and tags (same lineage: ``auto_resume/attempt`` counts this resume),
     plus ``auto_resume/manual``. A WAIT decision (backoff, time window, in-flight cap) is
-    overridden; SKIP and GIVE_UP are refused unless ``force``.
+    overridden; SKIP and GIVE_UP are refused unless ``force``. The run key is the sensor's for
+    this run (``resume-of-<run id>``); for a run resumed before (only with ``force``), that of
+    the next resume of it (``resume-of-<run id>#<n>``).
 
     Args:
         explanation: From :func:`auto_resume.cli.explain.explain_run`, with the same ``from_step``.
         from_step: Re-run this step and every step after it (allowed on a succeeded run).
         force: Resume even what the policy skips or gives up on.
+        now: POSIX time of the request; None: the clock.
 
     Returns:
-        The job, run config, tags and the notes on what the manual resume overrides.
+        The job, run config, tags, the notes on what the manual resume overrides, and the request.
 
     Raises:
         OperatorError: The resume is refused; the message says why and what to do.
@@ -78,19 +86,24 @@ def prepare_resume(explanation: Explanation, from_step: str | None, force: bool)
         notes.append(f"a manual resume does not wait: the sensor would wait ({decision.reason})")
     if explanation.rules.mode == "observe":
         notes.append("the flow is in observe mode: the sensor itself would only record its decision")
-    # decide() leaves attempt and root out of some SKIPs: the lineage is the run's all the same.
-    decision = replace(decision, attempt=facts.attempt + 1, root_run_id=facts.root_run_id or facts.run_id)
-    run_tags = {
-        **resume_tags(deployment, facts, decision, explanation.rules),
-        tags.MANUAL: "forced" if force and decision.action in (Action.SKIP, Action.GIVE_UP) else "true",
-    }
-    if run.status is not DagsterRunStatus.FAILURE:
-        run_tags.pop(tags.PARENT_FAILURE)  # no failure to fingerprint
-    return ResumeRequest(
+    job = build_resume_job(deployment, explanation.flow)
+    run_config = checked_run_config(deployment, {job.name: job}, facts.metaflow_run_id, from_step)
+    if isinstance(run_config, str):
+        raise OperatorError(f"cannot resume run {run.run_id}: {run_config}")
+    forced = force and decision.action in (Action.SKIP, Action.GIVE_UP)
+    request = ResumeRequest(
+        run_id=run.run_id,
+        run_key=resume_run_key(run.run_id, len(explanation.resumes) + 1),
+        from_step=from_step or None,
+        forced=forced,
+        requested_at=time.time() if now is None else now,
+    )
+    return ManualResume(
         job_name=deployment.resume_job_name,
-        run_config=resume_run_config(deployment, facts.metaflow_run_id, from_step),
-        tags=run_tags,
+        run_config=run_config,
+        tags=manual_resume_tags(deployment, facts, explanation.rules, run.status, forced),
         notes=tuple(notes),
+        request=request,
     )
 
 
@@ -107,130 +120,18 @@ def _policy_decision(explanation: Explanation) -> Decision:
     return decision
 
 
-def submit_resume(
-    instance: DagsterInstance,
-    workspace_file: Path,
-    request: ResumeRequest,
-    location: str = DEFAULT_LOCATION,
-) -> str:
-    """Submit ``request`` to the instance's run queue; the new run's id.
-
-    Loads only ``location`` of the workspace file (its other locations are not needed) and
-    creates the run as ``dagster job launch`` does: the remote job, its execution plan for the
-    run config, ``instance.create_run``, then ``instance.submit_run`` (the run coordinator
-    queues it; the daemon launches it).
+def request_resume(instance: DagsterInstance, manual: ManualResume, wait: float) -> DagsterRun | None:
+    """Record the request on the run and wait up to ``wait`` seconds for the sensor's answer.
 
     Args:
-        instance: The Dagster instance whose run queue gets the run.
-        workspace_file: The deployment's workspace file.
-        request: From :func:`prepare_resume`.
-        location: The workspace's code location of ``auto_resume.definitions``.
+        instance: The Dagster instance of the run (and of the daemon that runs the sensor).
+        manual: From :func:`prepare_resume`.
+        wait: Seconds to wait for the resume run; 0: record the request and return.
 
     Returns:
-        The new run's id.
-
-    Raises:
-        OperatorError: The workspace file, the location or the job cannot be loaded, or the run
-            config does not fit the job.
+        The run created with the request's run key: the manual resume, or the sensor's own
+        resume of the failure if the sensor decided it first. None while the request is
+        pending (the sensor has not ticked since, or is stopped): it is answered on a later tick.
     """
-    with _workspace(instance, workspace_file, location) as workspace:
-        code_location, repository = _location_with_job(workspace, workspace_file, location, request.job_name)
-        run_id = _create_run(instance, code_location, repository, request)
-        instance.submit_run(run_id, workspace)
-        return run_id
-
-
-def _location_with_job(workspace: Any, workspace_file: Path, location: str, job_name: str) -> tuple[Any, Any]:
-    """The loaded code location and its repository that holds ``job_name``."""
-    if workspace.has_code_location_error(location):
-        error = workspace.get_code_location_error(location)
-        raise OperatorError(
-            f"code location {location!r} of {workspace_file} failed to load: "
-            f"{error.message.strip() if error else 'unknown error'}"
-        )
-    code_location = workspace.get_code_location(location)
-    repositories = list(code_location.get_repositories().values())
-    repository = next((r for r in repositories if r.has_job(job_name)), None)
-    if repository is None:
-        raise OperatorError(
-            f"code location {location!r} of {workspace_file} has no job {job_name}: the "
-            "flow is missing from the policy that location loads ($AUTO_RESUME_POLICY), or the "
-            "location must be reloaded"
-        )
-    return code_location, repository
-
-
-def _create_run(
-    instance: DagsterInstance, code_location: Any, repository: Any, request: ResumeRequest
-) -> str:
-    """Create the run as ``dagster job launch`` does; it is then submitted to the queue."""
-    from dagster._core.definitions.selector import JobSubsetSelector
-
-    selector = JobSubsetSelector(
-        location_name=code_location.name,
-        repository_name=repository.name,
-        job_name=request.job_name,
-        op_selection=None,
-    )
-    remote_job = code_location.get_job(selector)
-    try:
-        plan = code_location.get_execution_plan(
-            remote_job, request.run_config, step_keys_to_execute=None, known_state=None, instance=instance
-        )
-    except Exception as exc:  # DagsterInvalidConfigError and the gRPC errors that carry it
-        raise OperatorError(f"the run config does not fit {request.job_name}: {exc}") from exc
-    run = instance.create_run(
-        job_name=request.job_name,
-        run_id=None,
-        run_config=request.run_config,
-        resolved_op_selection=remote_job.resolved_op_selection,
-        step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
-        op_selection=None,
-        status=None,
-        root_run_id=None,
-        parent_run_id=None,
-        tags={**remote_job.tags, **request.tags},
-        job_snapshot=remote_job.job_snapshot,
-        execution_plan_snapshot=plan.execution_plan_snapshot,
-        parent_job_snapshot=remote_job.parent_job_snapshot,
-        remote_job_origin=remote_job.get_remote_origin(),
-        job_code_origin=remote_job.get_python_origin(),
-        asset_selection=None,
-        asset_check_selection=None,
-        asset_graph=repository.asset_graph,
-    )
-    return run.run_id
-
-
-@contextmanager
-def _workspace(instance: DagsterInstance, workspace_file: Path, location: str) -> Iterator[Any]:
-    from dagster import __version__
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load import location_origins_from_yaml_paths
-    from dagster._core.workspace.load_target import WorkspaceLoadTarget
-
-    if not workspace_file.is_file():
-        raise OperatorError(
-            f"workspace file {workspace_file} does not exist: run from the directory of the "
-            "deployment's workspace.yaml, or pass it with -w"
-        )
-    try:
-        origins = [
-            o for o in location_origins_from_yaml_paths([str(workspace_file)]) if o.location_name == location
-        ]
-    except Exception as exc:
-        raise OperatorError(f"cannot read workspace file {workspace_file}: {exc}") from exc
-    if not origins:
-        raise OperatorError(
-            f"workspace file {workspace_file} has no code location named {location!r}: list "
-            "auto_resume.definitions there (see the README's Deploying), or pass --location"
-        )
-
-    class _OneLocation(WorkspaceLoadTarget):
-        def create_origins(self) -> Sequence[Any]:
-            return origins
-
-    with WorkspaceProcessContext(
-        instance=instance, version=__version__, read_only=False, workspace_load_target=_OneLocation()
-    ) as context:
-        yield context.create_request_context()
+    record_request(instance, manual.request)
+    return wait_for_answer(instance, manual.request.run_key, wait)

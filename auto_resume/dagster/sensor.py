@@ -8,8 +8,11 @@ stored in the instance, holds both the last failure event read and the failures 
 to decide it again. So nothing is lost across daemon restarts, an error delays one failure
 without holding up the others, and the run key ``resume-of-<failed run id>`` makes the daemon
 create at most one resume per failure. A failure that already has a resume run (tagged
-``auto_resume/parent_run_id`` with its id, such as one started by ``auto-resume resume``) is
-skipped: it is answered.
+``auto_resume/parent_run_id`` with its id) is skipped: it is answered.
+
+It is also the only launcher of manual resumes: ``auto-resume resume`` records a request on the
+run (:mod:`auto_resume.dagster.resume_requests`) and every tick answers the open requests with
+the same run key, so a manual resume and the sensor's own decision can never make two runs.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from dagster import (
     DagsterEventType,
     DagsterInstance,
     DagsterInvalidConfigError,
     DagsterRun,
+    DagsterRunStatus,
     DefaultSensorStatus,
     EventLogRecord,
     JobDefinition,
@@ -44,7 +49,15 @@ from auto_resume.core.run_ids import check_run_id
 from auto_resume.dagster import tags
 from auto_resume.dagster.notify import call_give_up_hook, give_up_values
 from auto_resume.dagster.resume_job import resume_run_config
-from auto_resume.dagster.run_facts import failed_run_facts
+from auto_resume.dagster.resume_requests import (
+    FORCED,
+    MANUAL,
+    ResumeRequest,
+    is_answered,
+    open_requests,
+    resume_run_key,
+)
+from auto_resume.dagster.run_facts import end_event, failed_run_facts
 from auto_resume.dagster.runs import InFlight, resumes_by_parent, runs_by_id
 from auto_resume.metaflow.deployment import Deployment
 from auto_resume.policy.loading import load_policy
@@ -94,6 +107,18 @@ class _Tick:
     requests: list[RunRequest] = field(default_factory=list)
     pending: list[Pending] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    requested: set[str] = field(default_factory=set)  # runs with a manual request open this tick
+
+    def request(self, run_request: RunRequest) -> bool:
+        """Add ``run_request`` unless one with its run key is in this tick already.
+
+        The daemon checks run keys against the runs that exist before the tick, and creates the
+        tick's requests in parallel threads: two requests with one key in one tick would both run.
+        """
+        if any(r.run_key == run_request.run_key for r in self.requests):
+            return False
+        self.requests.append(run_request)
+        return True
 
 
 def build_auto_resume_sensor(
@@ -173,8 +198,13 @@ def evaluate(
     tick = _Tick(pending=[p for p in cursor.pending if p.due_at > now])
     work, fresh = _failures_to_decide(instance, cursor, now, tick)
     runs = runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
-    answered = resumes_by_parent(instance, list(runs))
+    requests = open_requests(instance, now)
+    answered = resumes_by_parent(instance, list(runs) + [run.run_id for run, _ in requests])
     scope = _Scope(instance, by_job, jobs, policy, InFlight(instance, policy.max_resumes_in_flight), now)
+    for run, request in requests:
+        if not is_answered(request, answered.get(run.run_id, [])):
+            tick.requested.add(run.run_id)
+            _answer_request(scope, run, request, tick)
     for record, entry in work:
         _evaluate_one(scope, record, entry, runs.get(entry.run_id), answered.get(entry.run_id, []), tick)
     if fresh:
@@ -258,8 +288,12 @@ def _evaluate_one(
     except KeyError:
         tick.notes.append(f"run {run.run_id}: {deployment.job_name} is no longer in the policy")
         return
+    if run.run_id in tick.requested:
+        # `auto-resume resume` asked for it: its request decides (a forced one overrides a skip).
+        tick.notes.append(f"run {run.run_id} ({run.job_name}): resume requested by hand, see above")
+        return
     if existing:
-        # Answered already, e.g. by `auto-resume resume`: a second resume would redo its work.
+        # Answered already, e.g. by a manual resume: a second resume would redo its work.
         tick.notes.append(
             f"run {run.run_id} ({run.job_name}): skip: already resumed by run {existing[0].run_id}"
         )
@@ -305,8 +339,8 @@ def _decide_and_apply(
     if observe:
         _record_observed(instance, run, decision)
     elif request is not None:
-        tick.requests.append(request)
-        scope.load.add(deployment.job_name)
+        if tick.request(request):
+            scope.load.add(deployment.job_name)
     elif decision.action is Action.GIVE_UP:
         _record_give_up(instance, run, decision, scope.policy, tick)
     prefix = "observe mode, would " if observe else ""
@@ -322,33 +356,102 @@ def _resume_request(
     decision: Decision,
     rules: EffectiveFlowSettings,
 ) -> RunRequest | Decision:
-    """The RunRequest, or a GIVE_UP decision if the daemon could not create that run.
-
-    A request the daemon cannot turn into a run (config that does not validate) fails the
-    tick without moving the cursor, on every tick: the sensor would be frozen. So check first.
-    """
+    """The RunRequest, or a GIVE_UP decision if the daemon could not create that run."""
     assert facts.metaflow_run_id is not None
-    give_up = replace(decision, action=Action.GIVE_UP)
+    checked = checked_run_config(deployment, jobs, facts.metaflow_run_id)
+    if isinstance(checked, str):
+        return replace(decision, action=Action.GIVE_UP, reason=checked)
+    return RunRequest(
+        # One resume per failed run, ever: the daemon refuses a second run with this key, and a
+        # manual request for the same failure carries the same key.
+        run_key=resume_run_key(facts.run_id),
+        job_name=deployment.resume_job_name,
+        run_config=checked,
+        tags=resume_tags(deployment, facts, decision, rules),
+    )
+
+
+def checked_run_config(
+    deployment: Deployment,
+    jobs: Mapping[str, JobDefinition],
+    metaflow_run_id: str,
+    from_step: str | None = None,
+) -> dict[str, Any] | str:
+    """The resume job's run config for ``metaflow_run_id``, or why the daemon could not create it.
+
+    A request the daemon cannot turn into a run (config that does not validate) fails the tick
+    without moving the cursor, on every tick: the sensor would be frozen. So check first.
+    """
     try:
-        check_run_id(facts.metaflow_run_id)
+        check_run_id(metaflow_run_id)
     except MetaflowAccessError as exc:
-        return replace(give_up, reason=str(exc))
-    run_config = resume_run_config(deployment, facts.metaflow_run_id)
+        return str(exc)
+    run_config = resume_run_config(deployment, metaflow_run_id, from_step)
     job = jobs.get(deployment.resume_job_name)
     if job is None:
-        reason = f"{deployment.resume_job_name} is not loaded; reload the auto_resume code location"
-        return replace(give_up, reason=reason)
+        return f"{deployment.resume_job_name} is not loaded; reload the auto_resume code location"
     try:
         validate_run_config(job, run_config)
     except DagsterInvalidConfigError as exc:
-        return replace(give_up, reason=f"invalid resume run config: {exc}"[:1000])
-    return RunRequest(
-        # One resume per failed run, ever: the daemon refuses a second run with this key.
-        run_key=f"resume-of-{facts.run_id}",
+        return f"invalid resume run config: {exc}"[:1000]
+    return run_config
+
+
+def _answer_request(scope: _Scope, run: DagsterRun, request: ResumeRequest, tick: _Tick) -> None:
+    """Turn an open request of ``auto-resume resume`` into a RunRequest with the request's run key.
+
+    The command decided it under the policy when it recorded it (refusing what the policy skips
+    or gives up on unless forced; a wait is overridden): here only what the run needs is read
+    again. A request that cannot be answered now is noted and tried again on the next tick.
+    """
+    kind = FORCED if request.forced else MANUAL
+    prefix = f"run {run.run_id} ({run.job_name}): {kind} resume request {request.run_key}"
+    deployment = scope.by_job.get(run.job_name)
+    try:
+        if deployment is None:
+            raise LookupError(f"{run.job_name} is not a watched flow")
+        rules = scope.policy.settings_for(deployment.definitions_file, deployment.job_name)
+        end = end_event(scope.instance, run.run_id)
+        if end is None:
+            raise LookupError("the run has no end event")
+        facts = failed_run_facts(scope.instance, run, end.event_log_entry)
+        if facts.metaflow_run_id is None:
+            raise LookupError("no Metaflow run id in the run's log")
+        checked = checked_run_config(deployment, scope.jobs, facts.metaflow_run_id, request.from_step)
+        if isinstance(checked, str):
+            raise LookupError(checked)
+    except Exception as exc:
+        tick.notes.append(f"{prefix}: cannot be answered now ({type(exc).__name__}: {exc}); tried again")
+        return
+    run_request = RunRequest(
+        run_key=request.run_key,
         job_name=deployment.resume_job_name,
-        run_config=run_config,
-        tags=resume_tags(deployment, facts, decision, rules),
+        run_config=checked,
+        tags=manual_resume_tags(deployment, facts, rules, run.status, request.forced),
     )
+    if tick.request(run_request):
+        scope.load.add(deployment.job_name)
+    tick.notes.append(f"{prefix}: resume")
+
+
+def manual_resume_tags(
+    deployment: Deployment,
+    facts: FailedRun,
+    rules: EffectiveFlowSettings,
+    status: DagsterRunStatus,
+    forced: bool,
+) -> dict[str, str]:
+    """The tags of a manual resume of ``facts``: the sensor's, plus ``auto_resume/manual``.
+
+    It is the next attempt of the run's lineage, whatever the policy decided about it.
+    """
+    decision = Decision(
+        Action.RESUME, "", attempt=facts.attempt + 1, root_run_id=facts.root_run_id or facts.run_id
+    )
+    run_tags = {**resume_tags(deployment, facts, decision, rules), tags.MANUAL: FORCED if forced else "true"}
+    if status is not DagsterRunStatus.FAILURE:
+        run_tags.pop(tags.PARENT_FAILURE)  # no failure to fingerprint
+    return run_tags
 
 
 def resume_tags(

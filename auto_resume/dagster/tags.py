@@ -29,6 +29,9 @@ GAVE_UP = PREFIX + "gave_up"
 OBSERVED = PREFIX + "observed"
 OPT_OUT = PREFIX + "opt_out"
 MANUAL = PREFIX + "manual"
+RESUME_REQUESTED = PREFIX + "resume_requested"
+RESUME_REQUEST = PREFIX + "resume_request"
+DUPLICATE_OF = PREFIX + "duplicate_of"
 FLOW = PREFIX + "flow"
 
 TAGS: tuple[Tag, ...] = (
@@ -42,11 +45,29 @@ TAGS: tuple[Tag, ...] = (
     Tag(OBSERVED, "failed runs", "observe mode: what auto-resume would have done, in words"),
     Tag(OPT_OUT, "any run", "`true`: auto-resume leaves the run alone"),
     Tag(MANUAL, "resume runs", "`true`: by `auto-resume resume`; `forced`: with `--force`"),
+    Tag(
+        RESUME_REQUESTED,
+        "finished runs",
+        "`manual` or `forced`: `auto-resume resume` asked the sensor to resume the run",
+    ),
+    Tag(
+        RESUME_REQUEST,
+        "finished runs",
+        'that request: `{"run_id", "run_key", "from_step", "requested_at"}` (JSON)',
+    ),
+    Tag(
+        DUPLICATE_OF,
+        "resume runs",
+        "the resume run of the same origin that made this one refuse to start (it is opted out)",
+    ),
     Tag(FLOW, "jobs auto-resume builds", "the Metaflow flow the job runs or resumes"),
 )
 
 # Set by Dagster on a failed run that its own run retries will launch again.
 DAGSTER_WILL_RETRY = "dagster/will_retry"
+# Set by the daemon on a run a sensor created with a run key (its value); the daemon creates no
+# second run with the same key for the same sensor.
+DAGSTER_RUN_KEY = "dagster/run_key"
 
 
 def attempt_of(run_tags: Mapping[str, str]) -> int:

@@ -3,8 +3,9 @@
 One real ForeachFlow run (8 items, item 5 fails once), tagged ``auto_resume/opt_out=true`` so
 that the running sensor leaves it alone. While it runs, both commands refuse it; once it has
 failed, ``explain`` shows the sensor's decision (skip: opted out) and the plan (start and 7 items
-cloned; item 5, join and end executed); ``resume`` refuses it, then with ``--force`` submits the
-resume through the workspace's ``auto_resume`` location. The daemon launches it; it succeeds,
+cloned; item 5, join and end executed); ``resume`` refuses it, then with ``--force`` records a
+request that the running sensor answers with the resume run (run key ``resume-of-<run id>``),
+which the command reports. The daemon launches it; it succeeds,
 carries the lineage tags and ``auto_resume/manual``, and the counter files show that only item
 5 ran again. A bad run id, an unknown one and a run of a job missing from the given policy are refused.
 """
@@ -105,6 +106,7 @@ def test_explain_and_manual_resume_of_a_real_failure(deployment: Deployment, tmp
     assert instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: failed_id})) == []
     status, document = _json(deployment, "resume", failed_id, "--force")
     assert status == 0, document
+    assert (document["resume"]["pending"], document["resume"]["manual"]) == (False, True), document
     resume_id = document["resume"]["run_id"]
     resume = wait_for_run(instance, resume_id)
     assert resume.status == DagsterRunStatus.SUCCESS, deployment.diagnostics()
@@ -116,6 +118,7 @@ def test_explain_and_manual_resume_of_a_real_failure(deployment: Deployment, tmp
         tags.ATTEMPT: "1",
         tags.SOURCE_JOB: "ForeachFlow",
         tags.MANUAL: "forced",
+        tags.DAGSTER_RUN_KEY: f"resume-of-{failed_id}",
     }
     assert {key: resume.tags.get(key) for key in expected_tags} == expected_tags
     # Only the failed item ran again; everything else was cloned.
