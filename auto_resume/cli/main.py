@@ -62,6 +62,23 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILURE
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from auto_resume.cli.ui import UiError, run_ui
+
+    try:
+        # Flushed line by line: the command runs until Ctrl-C, often with its output in a file.
+        run_ui(
+            lambda line: print(line, flush=True),
+            port=args.port,
+            keep=args.keep,
+            width=args.width,
+            fail_index=args.fail_index,
+        )
+    except UiError as exc:
+        raise CommandError(str(exc)) from exc
+    return EXIT_OK
+
+
 def _validate(args: argparse.Namespace) -> int:
     from auto_resume.dagster.code_location import build_definitions
     from auto_resume.policy.loading import PolicyError, default_policy_path
@@ -205,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_history(commands)
     _add_explain(commands)
     _add_resume(commands)
+    _add_ui(commands)
     return parser
 
 
@@ -357,6 +375,26 @@ def _add_resume(commands: Any) -> None:
         help='print what explain --json prints, plus "resume": {"job_name", "run_config", "tags", '
         '"run_key", "notes", "dry_run", "requested", "run_id", "manual", "pending"}',
     )
+
+
+def _add_ui(commands: Any) -> None:
+    ui = _subparser(
+        commands,
+        "ui",
+        "serve the Dagster UI on a throwaway SQLite instance, with a failing run the sensor resumes",
+        "Writes a throwaway DAGSTER_HOME (SQLite instance, a policy whose sensor ticks every 5 s "
+        "and starts running, the foreach example compiled by metaflow-dagster), runs `dagster dev` "
+        "(webserver and daemon) on 127.0.0.1, and once the sensor has ticked launches one run of "
+        "the example in which one item fails once: the UI shows the failed run and the resume "
+        "run the sensor launched. Needs no PostgreSQL. Runs until Ctrl-C, which stops dagster dev "
+        "and removes the home. Exit status 0 when stopped with Ctrl-C; 1 when dagster dev does not "
+        "start or stops by itself.",
+        _ui,
+    )
+    ui.add_argument("--port", type=_positive, help="port of the UI on 127.0.0.1 (default: a free one)")
+    ui.add_argument("--keep", action="store_true", help="keep the throwaway DAGSTER_HOME and say where it is")
+    ui.add_argument("--width", type=_positive, default=2, help="foreach items in the example (default 2)")
+    ui.add_argument("--fail-index", type=int, default=1, help="item that fails once (default 1)")
 
 
 def main(argv: list[str] | None = None) -> int:
