@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,6 +77,17 @@ def test_an_executed_task_knows_its_origin_and_keeps_its_logs(
         "stdout": "stdout of process\n",
         "stderr": "stderr of process\n",
     }
+    # `python flow.py logs` reads the same logs.
+    logs = subprocess.run(
+        [sys.executable, str(flow_file), *top_args, "logs", f"{run_id}/process/1"],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert logs.returncode == 0, logs.stderr[-2000:]
+    assert "stdout of process" in logs.stdout and "stderr of process" in logs.stdout + logs.stderr
     # The op's log shows the task's output, though the task succeeded.
     messages = [
         record.event_log_entry.user_message for record in instance.get_records_for_run(resumed.run_id).records
