@@ -83,6 +83,29 @@ def test_two_deployments_keep_their_own_roots(tmp_path: Path) -> None:
     assert open_store(location_of(first)) is stores[0]
 
 
+def test_each_service_deployment_talks_to_its_own_service(tmp_path: Path) -> None:
+    """The service URL comes from the deployment, not from this process; no request is made."""
+    from metaflow.plugins.metadata_providers.service import ServiceMetadataProvider
+
+    first, second = _two_deployments(tmp_path)
+    top_args = tuple(a.replace("--metadata=local", "--metadata=service") for a in first.top_args)
+    urls = ("http://127.0.0.1:1/", "http://127.0.0.1:2")
+    stores = [
+        store_for(dataclasses.replace(d, top_args=top_args, step_env={"METAFLOW_SERVICE_URL": url}))
+        for d, url in zip((first, second), urls, strict=True)
+    ]
+    for store, url in zip(stores, urls, strict=True):
+        assert store.location.metadata_url == url
+        assert isinstance(store.metadata, ServiceMetadataProvider)
+        assert url == type(store.metadata).INFO
+        assert (
+            store.metadata.url_run_template
+            == url.rstrip("/") + "/flows/{flow_id}/runs/{run_number}/heartbeat"
+        )
+        assert internals.keeps_own_records(store.metadata)
+    assert ServiceMetadataProvider._INFO in (None, os.environ.get("METAFLOW_SERVICE_URL"))
+
+
 def test_no_fork_in_this_process_when_cloning_a_wide_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ from auto_resume.metaflow import internals
 from auto_resume.metaflow.deployment import Deployment
 
 _SYSROOT_VARIABLE = "METAFLOW_DATASTORE_SYSROOT_LOCAL"
+_SERVICE_URL_VARIABLE = "METAFLOW_SERVICE_URL"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class StoreLocation:
     metadata_type: str
     # Where the local metadata provider keeps its records (None for other providers).
     metadata_root: str | None
+    # The metadata service's URL (None for other providers).
+    metadata_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,33 @@ def location_of(deployment: Deployment) -> StoreLocation:
         datastore_root=root,
         metadata_type=provider_class.TYPE,
         metadata_root=metadata_root,
+        metadata_url=_service_url(deployment) if provider_class.TYPE == "service" else None,
     )
+
+
+def _service_url(deployment: Deployment) -> str:
+    """The metadata service the steps talk to: METAFLOW_SERVICE_URL of the step environment.
+
+    ``dagster create`` copies it there; the code location's own environment (or Metaflow
+    configuration) need not have it.
+
+    Raises:
+        MetaflowAccessError: Neither the deployment nor this process names a service.
+    """
+    from metaflow import metaflow_config
+
+    url = (
+        deployment.step_env.get(_SERVICE_URL_VARIABLE)
+        or os.environ.get(_SERVICE_URL_VARIABLE)
+        or metaflow_config.SERVICE_URL
+    )
+    if not url:
+        raise MetaflowAccessError(
+            f"{deployment.definitions_file}: the flow records its metadata in a metadata service "
+            f"(--metadata=service) but names none: compile it with {_SERVICE_URL_VARIABLE} set, "
+            f"or set {_SERVICE_URL_VARIABLE} for the code location"
+        )
+    return str(url)
 
 
 def _plugins(deployment: Deployment) -> tuple[Any, Any]:
@@ -122,6 +151,8 @@ def open_store(location: StoreLocation) -> Store:
         base = internals.local_storage_class(provider_class)
         records = type(f"{base.__name__}At", (base,), {"datastore_root": location.metadata_root})
         provider_class = internals.provider_at(provider_class, records)
+    elif location.metadata_url is not None:
+        provider_class = internals.service_provider_at(provider_class, location.metadata_url)
 
     class _Flow:
         name = location.flow_name

@@ -46,6 +46,30 @@ def provider_at(provider_class: Any, storage_class: Any) -> Any:
     return DeploymentLocalMetadataProvider
 
 
+def service_provider_at(provider_class: Any, url: str) -> Any:
+    """A subclass of the metadata service provider that talks to the service at ``url``.
+
+    The provider sends every request to its class's ``INFO``, which defaults to
+    METAFLOW_SERVICE_URL as this process's Metaflow configuration read it at import; the
+    deployment's steps may name another service (their environment comes from the definitions
+    file). ``INFO`` is a property of the provider's metaclass over ``_INFO``, one per class:
+    setting it publicly (``INFO = url``) would ping the service first, so ``_INFO`` is set.
+    The provider's ``__init__`` builds its heartbeat URLs from that configured URL too (and
+    fails when there is none): it is replaced by one that builds them from ``url``.
+    """
+
+    class DeploymentServiceMetadataProvider(provider_class):  # type: ignore[misc]
+        def __init__(self, environment: Any, flow: Any, event_logger: Any, monitor: Any) -> None:
+            super(provider_class, self).__init__(environment, flow, event_logger, monitor)
+            task = "flows/{flow_id}/runs/{run_number}/steps/{step_name}/tasks/{task_id}/heartbeat"
+            self.url_task_template = f"{url.rstrip('/')}/{task}"
+            self.url_run_template = f"{url.rstrip('/')}/flows/{{flow_id}}/runs/{{run_number}}/heartbeat"
+            self.sidecar = None
+
+    DeploymentServiceMetadataProvider._INFO = url
+    return DeploymentServiceMetadataProvider
+
+
 def local_storage_class(provider_class: Any) -> Any:
     """The storage class Metaflow's local metadata provider writes through (``LocalStorage``).
 
@@ -76,11 +100,13 @@ def _fast_dump_json_to_file(cls: Any, filepath: str, data: Any, allow_overwrite:
     os.replace(temporary, filepath)
 
 
-def records_every_task_id(provider: Any) -> bool:
-    """True for a provider that records any task id itself (the metadata service).
+def keeps_own_records(provider: Any) -> bool:
+    """True for a provider that keeps its records itself (the metadata service), not the local one.
 
     Only the local provider has ``_ensure_meta``; it skips integer task ids (metaflow-dagster's
-    ``1``) in ``register_task_id``, and nothing public creates their records.
+    ``1``) in ``register_task_id``, and nothing public creates their records. Other providers
+    (the metadata service) keep their records themselves: a task gets one through
+    ``register_task_id``, and on Metaflow's service never for an integer id (see ``new_task``).
     """
     return getattr(provider, "_ensure_meta", None) is None
 
@@ -100,12 +126,17 @@ def new_task(provider: Any, run_id: str, step_name: str, task_id: str, tags: Seq
     The public ``register_task_id`` skips integer ids on the local provider; Metaflow's runtime
     calls ``_new_task`` for the tasks it starts. With the record there, the step subprocess
     does not add its ``--tag`` values again.
+
+    A metadata service is asked through ``register_task_id``, as the step subprocess asks it.
+    Metaflow's service refuses a task that the client names with an integer ("provided
+    task_name may not be a numeric", HTTP 400): such a task gets no record there, only the
+    metadata its step subprocess registers.
     """
-    create = getattr(provider, "_new_task", None)
-    if create is None:  # e.g. the metadata service: it registers any task id
-        provider.register_task_id(run_id, step_name, task_id)
+    if keeps_own_records(provider):
+        if not task_id.isdigit():
+            provider.register_task_id(run_id, step_name, task_id, tags=list(tags))
     else:
-        create(run_id, step_name, task_id, tags=list(tags))
+        provider._new_task(run_id, step_name, task_id, tags=list(tags))
 
 
 def task_record(provider: Any, flow_name: str, run_id: str, step_name: str, task_id: str) -> Any:

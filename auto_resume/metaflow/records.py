@@ -2,7 +2,9 @@
 
 metaflow-dagster's task id ``1`` is an integer, for which Metaflow's local provider writes no
 record; without them the client sees no steps and calls a finished run unsuccessful. The runs
-auto-resume makes get their records here.
+auto-resume makes get their records here. A metadata service keeps its records itself, and
+Metaflow's service holds none for a task that the client names with an integer: there such a
+task has only its metadata, as in the run metaflow-dagster made.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def register_task(store: Store, deployment: Deployment, run_id: str, step_name: 
 
 def ensure_step_record(store: Store, run_id: str, step_name: str) -> None:
     """The step record the client lists (the local provider skips it for integer task ids)."""
-    if internals.records_every_task_id(store.metadata):
+    if internals.keeps_own_records(store.metadata):
         return
     with _METADATA_LOCK:
         internals.ensure_record(store.metadata, "step", run_id, step_name, None)
@@ -50,9 +52,10 @@ def ensure_step_record(store: Store, run_id: str, step_name: str) -> None:
 
 def ensure_task_record(store: Store, run_id: str, step_name: str, task_id: str) -> None:
     """The record of a cloned task; ``register_task_id`` would also write system metadata again."""
-    if internals.records_every_task_id(store.metadata):
-        with _METADATA_LOCK:
-            store.metadata.register_task_id(run_id, step_name, task_id)
+    if internals.keeps_own_records(store.metadata):
+        if not task_id.isdigit():  # the service holds no record for an integer id
+            with _METADATA_LOCK:
+                store.metadata.register_task_id(run_id, step_name, task_id)
         return
     # A task's own directory: no other thread or process writes there.
     internals.ensure_record(store.metadata, "task", run_id, step_name, task_id)
@@ -69,10 +72,8 @@ def copied_system_metadata(store: Store, origin_pathspec: str) -> list[Any] | No
 
     run_id, step_name, task_id = origin_pathspec.split("/")
     flow_name = store.location.flow_name
-    if internals.records_every_task_id(store.metadata):
-        return None  # a provider that records every task id (the metadata service)
     if not task_id.isdigit():
-        return None  # the local provider records every task id that is not an integer
+        return None  # the local provider and the service record every task id that is not an integer
     with _METADATA_LOCK:
         if internals.task_record(store.metadata, flow_name, run_id, step_name, task_id):
             return None
