@@ -8,6 +8,7 @@
 - ``waiting``: ``wait_until``, the one polling loop with a deadline.
 - ``failed_runs``: a failed metaflow-dagster run made through the instance API.
 - ``linear_origin``: a failed LinearFlow origin made by Metaflow subprocesses, on a datastore of its own.
+- ``metadata_service``: a Metaflow metadata service (metaflow-local-service's app) on loopback.
 """
 
 import sys
