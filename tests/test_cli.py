@@ -28,6 +28,7 @@ from dagster import (
 
 from auto_resume.cli.main import build_parser, main
 from auto_resume.dagster import tags
+from tests.support import BIN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"
@@ -375,7 +376,7 @@ def test_demo_json_reports_the_resume() -> None:
     # A subprocess: the demo points Metaflow's datastore at a directory it deletes afterwards,
     # which must not leak into this test process.
     command = ["demo", "--width", "2", "--fail-index", "1", "--json"]
-    script = REPO_ROOT / ".venv" / "bin" / "auto-resume"
+    script = BIN / "auto-resume"
     result = subprocess.run([str(script), *command], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads(result.stdout)
