@@ -44,6 +44,7 @@ from auto_resume.core.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID, pa
 from auto_resume.core.run_ids import check_run_id, make_run_id
 from auto_resume.dagster import tags
 from auto_resume.dagster.naming import RUN_ID_LOG_PREFIX, finish_op_name, step_op_name
+from auto_resume.dagster.runs import NOT_FINISHED_STATUSES
 from auto_resume.dagster.step_execution import (
     DEFAULT_MAX_PARALLEL_TASKS,
     ResumeContext,
@@ -182,16 +183,11 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
     return _origin
 
 
-# Another resume of the same origin in one of these keeps this one from starting.
-_AT_WORK = frozenset(
-    {
-        DagsterRunStatus.STARTED,
-        DagsterRunStatus.CANCELING,
-        DagsterRunStatus.SUSPENDED,
-        DagsterRunStatus.MANAGED,
-    }
-)
+# Another resume of the same origin waiting before this one, or at work (every other status that
+# is not finished: started, canceling, suspended, managed outside Dagster), keeps it from starting.
+# Derived, not listed: SUSPENDED exists only from dagster 1.13.26.
 _WAITING = frozenset({DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING})
+_AT_WORK = NOT_FINISHED_STATUSES - _WAITING
 
 
 def _refuse_a_second_resume(context: OpExecutionContext, job_name: str, origin_run_id: str) -> None:
