@@ -11,11 +11,8 @@ requests is created as the daemon would (no daemon runs here).
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +40,8 @@ from auto_resume.dagster.resume_job import build_resume_job
 from auto_resume.dagster.sensor import evaluate
 from auto_resume.metaflow.deployment import read_deployment
 from auto_resume.metaflow.flows import load_flow_shape
+from tests.support.failed_runs import create_requested_run
+from tests.support.linear_origin import example_linear_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"
@@ -78,20 +77,7 @@ def other_flow() -> None:
 def metaflow_run(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A failed LinearFlow run in the examples' datastore: start finished, process failed."""
     base = tmp_path_factory.mktemp("metaflow")
-    env = {**os.environ, "METAFLOW_USER": "tester", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(REPO_ROOT)}
-    deployment = read_deployment(LINEAR_DEFS)
-    command = [
-        sys.executable,
-        str(deployment.flow_file),
-        *deployment.top_args,
-        "run",
-        f"--run-id-file={base / 'run-id'}",
-        f"--workdir={base / 'work'}",
-        "--fail_at=process",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode != 0, "the injected failure did not fail the Metaflow run"
-    return (base / "run-id").read_text().strip()
+    return example_linear_run(base, LINEAR_DEFS, user="tester", fail_at="process")
 
 
 def _write_policy(path: Path, settings: str = "") -> Path:
@@ -388,20 +374,6 @@ def _tick(instance: DagsterInstance) -> list[RunRequest]:
     return list(result.run_requests or [])
 
 
-def _create(instance: DagsterInstance, request: RunRequest) -> DagsterRun:
-    """What the daemon makes of the sensor's RunRequest: a run tagged with its run key."""
-    assert request.job_name is not None and request.run_key is not None
-    return instance.add_run(
-        DagsterRun(
-            job_name=request.job_name,
-            run_id=str(uuid.uuid4()),
-            run_config=request.run_config,
-            tags={**request.tags, tags.DAGSTER_RUN_KEY: request.run_key},
-            status=DagsterRunStatus.NOT_STARTED,
-        )
-    )
-
-
 def test_resume_records_a_request_that_the_sensor_answers_once(
     home: DagsterInstance, metaflow_run: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -438,7 +410,7 @@ def test_resume_records_a_request_that_the_sensor_answers_once(
     }
     assert {key: run_request.tags[key] for key in expected} == expected
     assert run_request.tags == resume["tags"]
-    created = _create(home, run_request)
+    created = create_requested_run(home, run_request)
     assert _tick(home) == []  # answered: neither the request nor the failure again
 
     # A second manual resume is refused unless forced; forced, it is the run's second resume.
@@ -466,7 +438,7 @@ def test_resume_waits_for_the_run_and_names_it(
             run = home.get_run_by_id(run_id)
             if run is not None and tags.RESUME_REQUESTED in run.tags:
                 for run_request in _tick(home):
-                    _create(home, run_request)
+                    create_requested_run(home, run_request)
                 return
             time.sleep(0.1)
 
@@ -498,7 +470,7 @@ def test_the_sensor_deciding_first_answers_the_request(
     explanation = explain_run(home, policy, run_id)
     manual = prepare_resume(explanation, None, force=False)
     (automatic,) = _tick(home)
-    created = _create(home, automatic)
+    created = create_requested_run(home, automatic)
     answer = request_resume(home, manual, wait=5)
     assert answer is not None and answer.run_id == created.run_id
     assert tags.MANUAL not in answer.tags

@@ -39,7 +39,7 @@ from auto_resume.dagster.sensor import build_auto_resume_sensor, evaluate
 from auto_resume.metaflow.deployment import Deployment, read_deployment
 from auto_resume.metaflow.flows import load_flow_shape
 from auto_resume.policy.loading import PolicyError, load_policy
-from tests.support.failed_runs import create_failed_run
+from tests.support.failed_runs import create_failed_run, create_requested_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"
@@ -433,20 +433,6 @@ def _request(instance: DagsterInstance, run_id: str, forced: bool = False, numbe
     return key
 
 
-def _create(instance: DagsterInstance, request: RunRequest) -> DagsterRun:
-    """What the daemon makes of a RunRequest: a queued run tagged with its run key."""
-    assert request.job_name is not None and request.run_key is not None
-    return instance.add_run(
-        DagsterRun(
-            job_name=request.job_name,
-            run_id=str(uuid.uuid4()),
-            run_config=request.run_config,
-            tags={**request.tags, tags.DAGSTER_RUN_KEY: request.run_key},
-            status=DagsterRunStatus.NOT_STARTED,
-        )
-    )
-
-
 def test_request_and_failure_in_one_tick_make_one_request(fresh: Sensor) -> None:
     # The failure is new to the sensor and requested by hand before the tick: one request, the
     # manual one, with the sensor's own run key for that failure.
@@ -461,7 +447,7 @@ def test_request_and_failure_in_one_tick_make_one_request(fresh: Sensor) -> None
     assert request.run_config == {
         "ops": {"LinearFlow_resume__origin": {"config": {"origin_run_id": "dagster-aaaaaaaaaaaa"}}}
     }
-    _create(fresh.instance, request)
+    create_requested_run(fresh.instance, request)
     # Answered: neither the request nor the failure is resumed again.
     assert requests(fresh.tick()) == []
     assert requests(fresh.tick()) == []
@@ -483,7 +469,7 @@ def test_request_overrides_a_wait_and_a_forced_one_a_skip(fresh: Sensor) -> None
     assert by_parent[waiting].tags[tags.MANUAL] == "true"
     assert by_parent[opted_out].tags[tags.MANUAL] == "forced"
     for request in by_parent.values():
-        _create(fresh.instance, request)
+        create_requested_run(fresh.instance, request)
     run = fresh.instance.get_run_by_id(opted_out)
     assert run is not None and tags.GAVE_UP not in run.tags  # the forced request decided it
     # Once the backoff is over, the waiting failure is answered already.
@@ -495,7 +481,7 @@ def test_request_overrides_a_wait_and_a_forced_one_a_skip(fresh: Sensor) -> None
 def test_second_forced_request_gets_a_key_of_its_own(fresh: Sensor) -> None:
     run_id = create_failed_run(fresh.instance, "LinearFlow", metaflow_run_id="dagster-dddddddddddd")
     (first,) = requests(fresh.tick())
-    _create(fresh.instance, first)
+    create_requested_run(fresh.instance, first)
     key = _request(fresh.instance, run_id, forced=True, number=2)
     (second,) = requests(fresh.tick())
     assert (first.run_key, second.run_key) == (f"resume-of-{run_id}", key)
@@ -515,7 +501,7 @@ def test_copied_or_unanswerable_request_is_not_answered(fresh: Sensor) -> None:
     )
     (request,) = requests(fresh.tick())
     assert request.tags[tags.PARENT_RUN_ID] == original
-    _create(fresh.instance, request)
+    create_requested_run(fresh.instance, request)
     # A request for a run of a job the sensor does not watch: noted, tried again, never launched.
     _request(fresh.instance, copy)
     result = fresh.tick()

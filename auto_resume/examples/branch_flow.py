@@ -1,6 +1,6 @@
 """start -> (left, right) -> join -> end: a static split whose one branch can fail."""
 
-from demo_support import record_and_maybe_fail
+from demo_support import record_and_maybe_fail, record_result
 from metaflow import FlowSpec, Parameter, step
 
 
@@ -35,9 +35,7 @@ class BranchFlow(FlowSpec):
     @step
     def end(self):
         record_and_maybe_fail(self.workdir, self.fail_at, "end")
-        if self.workdir:
-            with open(f"{self.workdir}/alpha.txt", "w") as out:
-                out.write(f"{self.alpha} {self.total}\n")
+        record_result(self.workdir, self.alpha, self.total)
 
 
 if __name__ == "__main__":

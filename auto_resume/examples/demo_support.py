@@ -22,6 +22,13 @@ def record_and_maybe_fail(workdir, fail_at, step, index=None):
         raise RuntimeError(f"injected failure in {target} (it will succeed when run again)")
 
 
+def record_result(workdir, *values):
+    """Write the end step's values to ``<workdir>/alpha.txt``, space-separated (off without workdir)."""
+    if workdir:
+        with open(os.path.join(workdir, "alpha.txt"), "w") as out:
+            out.write(" ".join(str(value) for value in values) + "\n")
+
+
 def record_and_fail_twice(workdir, fail_twice_at, step, index=None):
     """Like ``record_and_maybe_fail``, but a step named in ``fail_twice_at`` fails on its first
     TWO runs and succeeds on the third (a resume chain: the first resume fails too)."""

@@ -1,6 +1,6 @@
 """start -> body (one task per item) -> join -> end: a foreach whose one item can fail."""
 
-from demo_support import record_and_maybe_fail
+from demo_support import record_and_maybe_fail, record_result
 from metaflow import FlowSpec, Parameter, step
 
 
@@ -31,9 +31,7 @@ class ForeachFlow(FlowSpec):
     @step
     def end(self):
         record_and_maybe_fail(self.workdir, self.fail_at, "end")
-        if self.workdir:
-            with open(f"{self.workdir}/alpha.txt", "w") as out:
-                out.write(f"{self.alpha} {self.total}\n")
+        record_result(self.workdir, self.alpha, self.total)
 
 
 if __name__ == "__main__":

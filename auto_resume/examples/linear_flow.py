@@ -1,6 +1,6 @@
 """start -> process -> end, with a parameter that a resume must keep."""
 
-from demo_support import record_and_maybe_fail
+from demo_support import record_and_maybe_fail, record_result
 from metaflow import FlowSpec, Parameter, step
 
 
@@ -24,9 +24,7 @@ class LinearFlow(FlowSpec):
     @step
     def end(self):
         record_and_maybe_fail(self.workdir, self.fail_at, "end")
-        if self.workdir:
-            with open(f"{self.workdir}/alpha.txt", "w") as out:
-                out.write(f"{self.alpha} {self.value}\n")
+        record_result(self.workdir, self.alpha, self.value)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """start -> body1 -> body2 (both inside one foreach) -> join -> end. A step can fail once
 (``fail_at``) or twice (``fail_twice_at``, for a chain of two resumes)."""
 
-from demo_support import record_and_fail_twice, record_and_maybe_fail
+from demo_support import record_and_fail_twice, record_and_maybe_fail, record_result
 from metaflow import FlowSpec, Parameter, step
 
 
@@ -43,9 +43,7 @@ class MultiBodyFlow(FlowSpec):
     @step
     def end(self):
         self._enter("end")
-        if self.workdir:
-            with open(f"{self.workdir}/alpha.txt", "w") as out:
-                out.write(f"{self.alpha} {self.total}\n")
+        record_result(self.workdir, self.alpha, self.total)
 
 
 if __name__ == "__main__":

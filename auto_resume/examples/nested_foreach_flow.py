@@ -2,7 +2,7 @@
 three joins and end. The innermost body is a single step: metaflow-dagster 0.3.7 runs this
 shape in one compound op per outer item, and cannot load a foreach whose body has two steps."""
 
-from demo_support import record_and_fail_twice, record_and_maybe_fail
+from demo_support import record_and_fail_twice, record_and_maybe_fail, record_result
 from metaflow import FlowSpec, Parameter, step
 
 
@@ -65,9 +65,7 @@ class NestedForeachFlow(FlowSpec):
     @step
     def end(self):
         record_and_maybe_fail(self.workdir, self.fail_at, "end")
-        if self.workdir:
-            with open(f"{self.workdir}/alpha.txt", "w") as out:
-                out.write(f"{self.alpha} {sum(self.values)}\n")
+        record_result(self.workdir, self.alpha, sum(self.values))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ metaflow-dagster 0.3.7's own job fails in its switch op after ``start`` succeede
 of this flow's job fails there; the resume must clone ``start`` and follow the branch it took.
 """
 
-from demo_support import record_and_maybe_fail
+from demo_support import record_and_maybe_fail, record_result
 from metaflow import FlowSpec, Parameter, step
 
 
@@ -40,9 +40,7 @@ class SwitchFlow(FlowSpec):
     @step
     def end(self):
         record_and_maybe_fail(self.workdir, self.fail_at, "end")
-        if self.workdir:
-            with open(f"{self.workdir}/alpha.txt", "w") as out:
-                out.write(f"{self.alpha} {self.value}\n")
+        record_result(self.workdir, self.alpha, self.value)
 
 
 if __name__ == "__main__":

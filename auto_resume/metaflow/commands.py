@@ -30,8 +30,16 @@ def output_tail(result: subprocess.CompletedProcess[str]) -> str:
     return (result.stderr or result.stdout)[-OUTPUT_TAIL:]
 
 
-def compile_definitions(flow_file: Path, output: Path, env: Mapping[str, str]) -> None:
-    """Run ``python flow.py dagster create output`` (metaflow-dagster's compiler).
+def compile_definitions(
+    flow_file: Path,
+    output: Path,
+    env: Mapping[str, str],
+    backends: Sequence[str] = ("--datastore=local", "--metadata=local"),
+) -> None:
+    """Run ``python flow.py <backends> dagster create output`` (metaflow-dagster's compiler).
+
+    ``backends`` are the top-level options naming the datastore and metadata provider the
+    definitions file's steps use (local ones unless told otherwise).
 
     Raises:
         MetaflowAccessError: The compiler failed; the message carries its output.
@@ -40,8 +48,7 @@ def compile_definitions(flow_file: Path, output: Path, env: Mapping[str, str]) -
         sys.executable,
         str(flow_file),
         "--no-pylint",
-        "--datastore=local",
-        "--metadata=local",
+        *backends,
         "dagster",
         "create",
         str(output),

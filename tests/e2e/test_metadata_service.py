@@ -30,7 +30,9 @@ from typing import Any
 import pytest
 
 from auto_resume.core.run_ids import make_run_id
+from auto_resume.metaflow.commands import compile_definitions
 from auto_resume.metaflow.deployment import read_deployment
+from tests.support.in_child import run_in_child
 from tests.support.metadata_service import MetadataService, metadata_service
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +40,6 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 FLOW_FILE = ROOT / "examples" / "flows" / "foreach_flow.py"
 FLOW = "ForeachFlow"
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 # What Metaflow's client, reading the service, says of a run.
 _CLIENT_PROBE = """
@@ -78,21 +79,6 @@ def _environment(**extra: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         **extra,
     }
-
-
-def _child(mode: str, env: dict[str, str], cwd: Path, *args: str) -> dict[str, Any]:
-    """Run this module as a script (``mode``: origin or resume); its last line of output, parsed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.test_metadata_service", mode, *args],
-        env=env,
-        cwd=str(cwd),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 def _client_view(service: MetadataService, cwd: Path, run_id: str) -> dict[str, Any]:
@@ -161,24 +147,12 @@ def test_resume_with_metadata_service(service: MetadataService, tmp_path: Path) 
     sysroot = tmp_path / "datastore"
     sysroot.mkdir()
     definitions = tmp_path / "foreach_service_dagster.py"
-    compiled = subprocess.run(
-        [
-            sys.executable,
-            str(FLOW_FILE),
-            "--no-pylint",
-            "--datastore=local",
-            "--metadata=service",
-            "dagster",
-            "create",
-            str(definitions),
-        ],
-        env=_environment(METAFLOW_SERVICE_URL=service.url, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(sysroot)),
-        cwd=str(FLOW_FILE.parent),
-        capture_output=True,
-        text=True,
-        check=False,
+    compile_definitions(
+        FLOW_FILE,
+        definitions,
+        _environment(METAFLOW_SERVICE_URL=service.url, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(sysroot)),
+        ("--datastore=local", "--metadata=service"),
     )
-    assert compiled.returncode == 0, compiled.stderr[-3000:]
     deployment = read_deployment(definitions)
     assert deployment.top_arg("metadata") == "service"
     assert deployment.step_env.get("METAFLOW_SERVICE_URL") == service.url
@@ -190,7 +164,7 @@ def test_resume_with_metadata_service(service: MetadataService, tmp_path: Path) 
     elsewhere.mkdir()
     workdir = tmp_path / "counters"
     params = {"alpha": 42, "width": 3, "workdir": str(workdir), "fail_at": "body:1"}
-    origin = _child("origin", location_env, elsewhere, str(definitions), json.dumps(params))
+    origin = run_in_child("origin", location_env, elsewhere, str(definitions), json.dumps(params))
     assert origin["success"] is False
     origin_run = make_run_id(origin["run_id"])
     assert _counts(workdir) == {"start": 1, "body-0": 1, "body-1": 1, "body-2": 1}
@@ -203,7 +177,7 @@ def test_resume_with_metadata_service(service: MetadataService, tmp_path: Path) 
     assert service_before["run"]["run_number"] == origin_run
     assert client_before["successful"] is False
 
-    resumed = _child("resume", location_env, elsewhere, str(definitions), origin_run)
+    resumed = run_in_child("resume", location_env, elsewhere, str(definitions), origin_run)
     assert resumed["success"] is True, resumed
     new_run = make_run_id(resumed["run_id"])
 
@@ -231,7 +205,7 @@ def test_resume_with_metadata_service(service: MetadataService, tmp_path: Path) 
     )
 
     # Metaflow's client sees the new run as it sees a run of the same job that never failed.
-    clean = _child(
+    clean = run_in_child(
         "origin",
         location_env,
         elsewhere,
@@ -254,43 +228,3 @@ def test_resume_with_metadata_service(service: MetadataService, tmp_path: Path) 
     assert _client_view(service, elsewhere, origin_run) == client_before
     assert _files(origin_records) == records_before
     assert _files(origin_data) == data_before
-
-
-def _run_origin(definitions: str, params: str) -> dict[str, Any]:
-    """Execute the definitions file's job in-process, as a run of metaflow-dagster's job."""
-    import runpy
-
-    from dagster import DagsterInstance
-
-    job = runpy.run_path(definitions)[read_deployment(Path(definitions)).job_name]
-    result = job.execute_in_process(
-        run_config={"ops": {"op_start": {"config": json.loads(params)}}, **QUIET},
-        instance=DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
-    return {"success": result.success, "run_id": result.run_id}
-
-
-def _run_resume(definitions: str, origin_run: str) -> dict[str, Any]:
-    """Execute auto-resume's companion job for the definitions file in-process."""
-    from dagster import DagsterInstance
-
-    from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
-    from auto_resume.metaflow.flows import load_flow_shape
-
-    deployment = read_deployment(Path(definitions))
-    job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
-    instance = DagsterInstance.ephemeral()
-    result = job.execute_in_process(
-        run_config={**resume_run_config(deployment, origin_run), **QUIET},
-        instance=instance,
-        raise_on_error=False,
-    )
-    summary = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("step ")]
-    return {"success": result.success, "run_id": result.run_id, "summary": summary}
-
-
-if __name__ == "__main__":
-    _mode, *_args = sys.argv[1:]
-    _outcome = _run_origin(*_args) if _mode == "origin" else _run_resume(*_args)
-    sys.stdout.write(json.dumps(_outcome) + "\n")

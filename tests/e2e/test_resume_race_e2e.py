@@ -22,9 +22,6 @@ first resume run succeeds, the origin guard of the resume job refuses the others
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,9 +33,9 @@ from dagster import DagsterRun, RunsFilter
 from auto_resume.cli.explain import explain_run
 from auto_resume.cli.submit import ManualResume, prepare_resume, request_resume
 from auto_resume.dagster import tags
-from auto_resume.metaflow.deployment import read_deployment
 from tests.e2e.harness import ROOT, Deployment, sensor_ticks, wait_for_ticks
 from tests.support.failed_runs import create_failed_run
+from tests.support.linear_origin import example_linear_run
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -51,19 +48,7 @@ DUE_AFTER_S = 4.0  # the session policy's backoff before a first resume (harness
 def finished_origin(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A LinearFlow run that finished, by Metaflow's own runtime, in the deployment's datastore."""
     base = tmp_path_factory.mktemp("origin")
-    deployment = read_deployment(LINEAR_DEFS)
-    env = {**os.environ, "METAFLOW_USER": "auto-resume", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(ROOT)}
-    command = [
-        sys.executable,
-        str(deployment.flow_file),
-        *deployment.top_args,
-        "run",
-        f"--run-id-file={base / 'run-id'}",
-        f"--workdir={base / 'work'}",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return (base / "run-id").read_text().strip()
+    return example_linear_run(base, LINEAR_DEFS, user="auto-resume")
 
 
 def _fail(deployment: Deployment, origin: str, count: int) -> tuple[list[str], float]:

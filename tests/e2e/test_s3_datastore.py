@@ -25,8 +25,10 @@ import boto3
 import pytest
 
 from auto_resume.core.run_ids import make_run_id
+from auto_resume.metaflow.commands import compile_definitions
 from auto_resume.metaflow.deployment import read_deployment
 from tests.support.client_probe import client_probe
+from tests.support.in_child import run_in_child
 from tests.support.processes import free_port, start_tied_to_this_thread
 from tests.support.waiting import wait_until
 
@@ -41,7 +43,6 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 @pytest.fixture()
@@ -126,21 +127,6 @@ def _referenced_blobs(client: Any, run_prefix: str) -> set[str]:
     return keys
 
 
-def _child(mode: str, env: dict[str, str], cwd: Path, *args: str) -> dict[str, Any]:
-    """Run this module as a script (``mode``: origin or resume); its last line of output, parsed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.test_s3_datastore", mode, *args],
-        env=env,
-        cwd=str(cwd),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
-
-
 def _counts(workdir: Path) -> dict[str, int]:
     return {path.stem: len(path.read_text().splitlines()) for path in workdir.glob("*.count")}
 
@@ -155,16 +141,7 @@ def test_resume_on_s3_datastore_leaves_origin_objects_untouched(s3_endpoint: str
         METAFLOW_DATASTORE_SYSROOT_S3=f"s3://{BUCKET}/{PREFIX}",
         METAFLOW_DATASTORE_SYSROOT_LOCAL=str(sysroot),
     )
-    command = [sys.executable, str(FLOW_FILE), "--no-pylint", "--datastore=s3", "--metadata=local"]
-    compiled = subprocess.run(
-        [*command, "dagster", "create", str(definitions)],
-        env=compile_env,
-        cwd=str(FLOW_FILE.parent),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    compile_definitions(FLOW_FILE, definitions, compile_env, ("--datastore=s3", "--metadata=local"))
     deployment = read_deployment(definitions)
     assert deployment.top_arg("datastore") == "s3"
     assert deployment.top_arg("datastore-root") == f"s3://{BUCKET}/{PREFIX}"
@@ -176,7 +153,7 @@ def test_resume_on_s3_datastore_leaves_origin_objects_untouched(s3_endpoint: str
     elsewhere.mkdir()
     workdir = tmp_path / "counters"
     params = {"alpha": 42, "width": 3, "workdir": str(workdir), "fail_at": "body:1"}
-    origin = _child("origin", location_env, elsewhere, str(definitions), json.dumps(params))
+    origin = run_in_child("origin", location_env, elsewhere, str(definitions), json.dumps(params))
     assert origin["success"] is False
     origin_run = make_run_id(origin["run_id"])
     assert _counts(workdir) == {"start": 1, "body-0": 1, "body-1": 1, "body-2": 1}
@@ -188,7 +165,7 @@ def test_resume_on_s3_datastore_leaves_origin_objects_untouched(s3_endpoint: str
     assert any(key.startswith(f"{run_prefix}body/1-2/") for key in origin_keys)
     assert blobs and blobs <= before.keys()
 
-    resumed = _child("resume", location_env, elsewhere, str(definitions), origin_run)
+    resumed = run_in_child("resume", location_env, elsewhere, str(definitions), origin_run)
     assert resumed["success"] is True, resumed
     new_run = make_run_id(resumed["run_id"])
 
@@ -227,43 +204,3 @@ def test_resume_on_s3_datastore_leaves_origin_objects_untouched(s3_endpoint: str
     assert seen["alpha"] == 42 and seen["total"] == 5 and seen["items"] == [0, 1, 2]
     assert seen["metadata"]["origin-run-id"] == origin_run
     assert seen["metadata"]["ds-type"] == "s3"
-
-
-def _run_origin(definitions: str, params: str) -> dict[str, Any]:
-    """Execute the definitions file's job in-process, as a run of metaflow-dagster's job."""
-    import runpy
-
-    from dagster import DagsterInstance
-
-    job = runpy.run_path(definitions)[read_deployment(Path(definitions)).job_name]
-    result = job.execute_in_process(
-        run_config={"ops": {"op_start": {"config": json.loads(params)}}, **QUIET},
-        instance=DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
-    return {"success": result.success, "run_id": result.run_id}
-
-
-def _run_resume(definitions: str, origin_run: str) -> dict[str, Any]:
-    """Execute auto-resume's companion job for the definitions file in-process."""
-    from dagster import DagsterInstance
-
-    from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
-    from auto_resume.metaflow.flows import load_flow_shape
-
-    deployment = read_deployment(Path(definitions))
-    job = build_resume_job(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name))
-    instance = DagsterInstance.ephemeral()
-    result = job.execute_in_process(
-        run_config={**resume_run_config(deployment, origin_run), **QUIET},
-        instance=instance,
-        raise_on_error=False,
-    )
-    summary = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("step ")]
-    return {"success": result.success, "run_id": result.run_id, "summary": summary}
-
-
-if __name__ == "__main__":
-    _mode, *_args = sys.argv[1:]
-    _outcome = _run_origin(*_args) if _mode == "origin" else _run_resume(*_args)
-    sys.stdout.write(json.dumps(_outcome) + "\n")

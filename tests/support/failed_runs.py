@@ -9,7 +9,9 @@ import logging
 import time
 import uuid
 
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRequest
+
+from auto_resume.dagster.tags import DAGSTER_RUN_KEY
 
 
 def create_failed_run(
@@ -73,3 +75,17 @@ def create_failed_run(
         ),
     )
     return run.run_id
+
+
+def create_requested_run(instance: DagsterInstance, request: RunRequest) -> DagsterRun:
+    """What the daemon makes of a sensor's RunRequest: a queued run tagged with its run key."""
+    assert request.job_name is not None and request.run_key is not None
+    return instance.add_run(
+        DagsterRun(
+            job_name=request.job_name,
+            run_id=str(uuid.uuid4()),
+            run_config=request.run_config,
+            tags={**request.tags, DAGSTER_RUN_KEY: request.run_key},
+            status=DagsterRunStatus.NOT_STARTED,
+        )
+    )

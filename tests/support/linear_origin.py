@@ -52,3 +52,31 @@ def failed_linear_origin(
         result = subprocess.run([*flow, *command], env=env, capture_output=True, text=True, check=False)
         failed_as_planned = (result.returncode != 0) == (index == len(commands) - 1)
         assert failed_as_planned, result.stderr[-2000:]
+
+
+def example_linear_run(workdir: Path, definitions_file: Path, user: str, fail_at: str | None = None) -> str:
+    """A LinearFlow run by Metaflow's own runtime in the examples' datastore (the repo's); its id.
+
+    Args:
+        workdir: Where the run id file and the flow's counter files go.
+        definitions_file: The LinearFlow example compiled by metaflow-dagster.
+        user: ``METAFLOW_USER`` of the run.
+        fail_at: The step to fail (the run must then fail), or None for a run that finishes.
+    """
+    deployment = read_deployment(definitions_file)
+    env = {**os.environ, "METAFLOW_USER": user, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(ROOT)}
+    command = [
+        sys.executable,
+        str(deployment.flow_file),
+        *deployment.top_args,
+        "run",
+        f"--run-id-file={workdir / 'run-id'}",
+        f"--workdir={workdir / 'work'}",
+        *((f"--fail_at={fail_at}",) if fail_at else ()),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if fail_at:
+        assert result.returncode != 0, "the injected failure did not fail the Metaflow run"
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return (workdir / "run-id").read_text().strip()
