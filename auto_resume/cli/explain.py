@@ -20,10 +20,11 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from auto_resume.core.decision import Action, Decision, FailedRun, decide, matching_rule
 from auto_resume.core.errors import MetaflowAccessError
-from auto_resume.core.flow_shape import FlowShape, OriginTask, TaskOutcome, check_step_name
+from auto_resume.core.flow_shape import FlowShape, OriginTask, StepShape, TaskOutcome, check_step_name
 from auto_resume.core.resume_plan import (
     PARAMETERS_STEP,
     PARAMETERS_TASK_ID,
+    TaskAction,
     TaskRecord,
     instances_for,
     parameters_task,
@@ -301,23 +302,37 @@ def preview_plan(
                     why=_why(action.clone, counterpart, step.name in rerun),
                 )
             )
-            outcome = TaskOutcome(None, None)
-            if counterpart is not None and counterpart.ok:
-                outcome = origin.task_outcome(counterpart.pathspec, step.type)
-            elif step.type in ("foreach", "split-switch"):
+            record, known = _as_finished(origin, step, action, counterpart)
+            records.append(record)
+            if not known:
                 unknown.append(step.name)
-            records.append(
-                TaskRecord(
-                    indices=action.instance.indices,
-                    pathspec=f"{_NEW_RUN}/{step.name}/{action.task_id}",
-                    cloned=action.clone,
-                    num_splits=outcome.num_splits,
-                    next_steps=outcome.next_steps,
-                    widths=action.instance.widths,
-                )
-            )
         finished[step.name] = records
     return ResumePlan(origin_run_id, from_step, tuple(planned), tuple(dict.fromkeys(unknown)))
+
+
+def _as_finished(
+    origin: OriginData, step: StepShape, action: TaskAction, counterpart: OriginTask | None
+) -> tuple[TaskRecord, bool]:
+    """The task as the steps after it would see it (finished as its origin counterpart did).
+
+    The flag is False for a foreach or conditional whose counterpart did not finish: its width
+    or branch, so what follows it, is unknown until it runs.
+    """
+    outcome = TaskOutcome(None, None)
+    known = True
+    if counterpart is not None and counterpart.ok:
+        outcome = origin.task_outcome(counterpart.pathspec, step.type)
+    elif step.type in ("foreach", "split-switch"):
+        known = False
+    record = TaskRecord(
+        indices=action.instance.indices,
+        pathspec=f"{_NEW_RUN}/{step.name}/{action.task_id}",
+        cloned=action.clone,
+        num_splits=outcome.num_splits,
+        next_steps=outcome.next_steps,
+        widths=action.instance.widths,
+    )
+    return record, known
 
 
 def _why(clone: bool, counterpart: OriginTask | None, rerun: bool) -> str:

@@ -26,7 +26,7 @@ from auto_resume.dagster.resume_requests import (
     resume_run_key,
     wait_for_answer,
 )
-from auto_resume.dagster.sensor import checked_run_config, manual_resume_tags
+from auto_resume.dagster.resume_runs import checked_run_config, manual_resume_tags
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dagster import (
     DagsterEventType,
     DagsterInstance,
-    DagsterInvalidConfigError,
     DagsterRun,
-    DagsterRunStatus,
     DefaultSensorStatus,
     EventLogRecord,
     JobDefinition,
@@ -40,23 +37,19 @@ from dagster import (
     SensorResult,
     SkipReason,
     sensor,
-    validate_run_config,
 )
 
-from auto_resume.core.decision import Action, Decision, FailedRun, decide, failure_signature
-from auto_resume.core.errors import MetaflowAccessError
-from auto_resume.core.run_ids import check_run_id
+from auto_resume.core.decision import Action, Decision, decide
 from auto_resume.dagster import tags
 from auto_resume.dagster.notify import call_give_up_hook, give_up_values
-from auto_resume.dagster.resume_job import resume_run_config
 from auto_resume.dagster.resume_requests import (
     FORCED,
     MANUAL,
     ResumeRequest,
     is_answered,
     open_requests,
-    resume_run_key,
 )
+from auto_resume.dagster.resume_runs import checked_run_config, manual_resume_tags, resume_run_request
 from auto_resume.dagster.run_facts import end_event, failed_run_facts
 from auto_resume.dagster.runs import InFlight, resumes_by_parent, runs_by_id
 from auto_resume.metaflow.deployment import Deployment
@@ -326,7 +319,7 @@ def _decide_and_apply(
     decision = decide(facts, rules, situation)
     request = None
     if decision.action is Action.RESUME:
-        outcome = _resume_request(deployment, scope.jobs, facts, decision, rules)
+        outcome = resume_run_request(deployment, scope.jobs, facts, decision, rules)
         if isinstance(outcome, Decision):
             decision = outcome
         else:
@@ -347,54 +340,6 @@ def _decide_and_apply(
     tick.notes.append(
         f"run {run.run_id} ({run.job_name}): {prefix}{decision.action.value}: {decision.reason}"
     )
-
-
-def _resume_request(
-    deployment: Deployment,
-    jobs: Mapping[str, JobDefinition],
-    facts: FailedRun,
-    decision: Decision,
-    rules: EffectiveFlowSettings,
-) -> RunRequest | Decision:
-    """The RunRequest, or a GIVE_UP decision if the daemon could not create that run."""
-    assert facts.metaflow_run_id is not None
-    checked = checked_run_config(deployment, jobs, facts.metaflow_run_id)
-    if isinstance(checked, str):
-        return replace(decision, action=Action.GIVE_UP, reason=checked)
-    return RunRequest(
-        # One resume per failed run, ever: the daemon refuses a second run with this key, and a
-        # manual request for the same failure carries the same key.
-        run_key=resume_run_key(facts.run_id),
-        job_name=deployment.resume_job_name,
-        run_config=checked,
-        tags=resume_tags(deployment, facts, decision, rules),
-    )
-
-
-def checked_run_config(
-    deployment: Deployment,
-    jobs: Mapping[str, JobDefinition],
-    metaflow_run_id: str,
-    from_step: str | None = None,
-) -> dict[str, Any] | str:
-    """The resume job's run config for ``metaflow_run_id``, or why the daemon could not create it.
-
-    A request the daemon cannot turn into a run (config that does not validate) fails the tick
-    without moving the cursor, on every tick: the sensor would be frozen. So check first.
-    """
-    try:
-        check_run_id(metaflow_run_id)
-    except MetaflowAccessError as exc:
-        return str(exc)
-    run_config = resume_run_config(deployment, metaflow_run_id, from_step)
-    job = jobs.get(deployment.resume_job_name)
-    if job is None:
-        return f"{deployment.resume_job_name} is not loaded; reload the auto_resume code location"
-    try:
-        validate_run_config(job, run_config)
-    except DagsterInvalidConfigError as exc:
-        return f"invalid resume run config: {exc}"[:1000]
-    return run_config
 
 
 def _answer_request(scope: _Scope, run: DagsterRun, request: ResumeRequest, tick: _Tick) -> None:
@@ -432,42 +377,6 @@ def _answer_request(scope: _Scope, run: DagsterRun, request: ResumeRequest, tick
     if tick.request(run_request):
         scope.load.add(deployment.job_name)
     tick.notes.append(f"{prefix}: resume")
-
-
-def manual_resume_tags(
-    deployment: Deployment,
-    facts: FailedRun,
-    rules: EffectiveFlowSettings,
-    status: DagsterRunStatus,
-    forced: bool,
-) -> dict[str, str]:
-    """The tags of a manual resume of ``facts``: the sensor's, plus ``auto_resume/manual``.
-
-    It is the next attempt of the run's lineage, whatever the policy decided about it.
-    """
-    decision = Decision(
-        Action.RESUME, "", attempt=facts.attempt + 1, root_run_id=facts.root_run_id or facts.run_id
-    )
-    run_tags = {**resume_tags(deployment, facts, decision, rules), tags.MANUAL: FORCED if forced else "true"}
-    if status is not DagsterRunStatus.FAILURE:
-        run_tags.pop(tags.PARENT_FAILURE)  # no failure to fingerprint
-    return run_tags
-
-
-def resume_tags(
-    deployment: Deployment, facts: FailedRun, decision: Decision, rules: EffectiveFlowSettings
-) -> dict[str, str]:
-    """The tags of the run that resumes ``facts`` (the policy's ``tags``, then auto-resume's)."""
-    assert facts.metaflow_run_id is not None
-    return {
-        **rules.tags,
-        tags.ROOT_RUN_ID: decision.root_run_id,
-        tags.PARENT_RUN_ID: facts.run_id,
-        tags.ORIGIN_METAFLOW_RUN_ID: facts.metaflow_run_id,
-        tags.ATTEMPT: str(decision.attempt),
-        tags.SOURCE_JOB: deployment.job_name,
-        tags.PARENT_FAILURE: failure_signature(facts.step_name, facts.exception_class, facts.message),
-    }
 
 
 def _first_tick(instance: DagsterInstance) -> SensorResult:
