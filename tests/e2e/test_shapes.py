@@ -291,5 +291,5 @@ def test_resume_from_a_chosen_step_reruns_it_and_what_follows(outcomes: dict[str
     run = metaflow_run("LinearFlow", hand.resumed_metaflow_run_id)
     assert run.successful
     assert run["start"].task.metadata_dict.get("origin-run-id") == hand.origin_metaflow_run_id
-    # Metaflow records origin-run-id "None" for a task it executed.
-    assert run["process"].task.metadata_dict.get("origin-run-id") in (None, "None")
+    # An executed task of a resume records its origin too, as in `metaflow resume` (issue 10).
+    assert run["process"].task.metadata_dict.get("origin-run-id") == hand.origin_metaflow_run_id
