@@ -74,3 +74,31 @@ def test_flow_file_that_fails_to_import(tmp_path: Path) -> None:
         load_flow_shape(flow_file, "BadFlow")
     assert str(flow_file) in str(info.value)
     assert "boom at import" in str(info.value)
+
+
+# --- flows that Metaflow hands over as something else than a plain class -------------------------
+
+FEATURE_FLOWS = REPO_ROOT / "tests" / "e2e" / "flows"
+
+
+def test_flow_decorated_by_a_bare_flow_mutator() -> None:
+    """``@mutator`` without parentheses leaves a FlowMutator instance at module level, not the class."""
+    import auto_resume.metaflow.flows as flows
+
+    module = flows._import_flow_module(FEATURE_FLOWS / "config_mutator_flow.py")
+    assert not isinstance(module.ConfigMutatorFlow, type)  # what the test is about
+    shape = load_flow_shape(FEATURE_FLOWS / "config_mutator_flow.py", "ConfigMutatorFlow")
+    assert shape.name == "ConfigMutatorFlow"
+    assert [s.name for s in shape.steps] == ["start", "process", "end"]
+
+
+def test_only_flow_of_a_file_decorated_by_a_bare_flow_mutator() -> None:
+    from auto_resume.metaflow.flows import _flow_class
+
+    flow_class = _flow_class(FEATURE_FLOWS / "config_mutator_flow.py", None)
+    assert isinstance(flow_class, type) and flow_class.__name__ == "ConfigMutatorFlow"
+
+
+def test_project_flow_shape() -> None:
+    shape = load_flow_shape(FEATURE_FLOWS / "project_flow.py", "ProjectFlow")
+    assert [s.name for s in shape.steps] == ["start", "process", "end"]

@@ -47,13 +47,13 @@ def _flow_class(flow_file: Path, flow_name: str | None) -> Any:
 
     module = _import_flow_module(flow_file)
     if flow_name is not None:
-        flow_class = getattr(module, flow_name, None)
-        if flow_class is None:
+        flow_class = internals.mutated_flow_class(getattr(module, flow_name, None))
+        if not (isinstance(flow_class, type) and issubclass(flow_class, FlowSpec)):
             raise MetaflowAccessError(f"flow file {flow_file} has no flow class {flow_name}")
         return flow_class
     found = [
         value
-        for value in vars(module).values()
+        for value in map(internals.mutated_flow_class, vars(module).values())
         if isinstance(value, type)
         and issubclass(value, FlowSpec)
         and value is not FlowSpec

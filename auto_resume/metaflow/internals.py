@@ -23,6 +23,20 @@ def flow_parameters(flow_class: Any) -> tuple[str, ...]:
     return tuple(name for name, _ in flow_class._get_parameters())
 
 
+def mutated_flow_class(value: Any) -> Any:
+    """The flow class under a flow mutator applied bare (``@my_mutator``), else ``value`` itself.
+
+    A ``FlowMutator`` used without parentheses replaces the class at module level by the
+    mutator instance (Metaflow calls it to run the flow); the class is its ``_flow_cls``, which
+    Metaflow itself reads, and no public attribute names it. Stacked mutators share the class.
+    """
+    from metaflow.user_decorators.user_flow_decorator import FlowMutator
+
+    if isinstance(value, FlowMutator):
+        return value._flow_cls
+    return value
+
+
 def provider_at(provider_class: Any, storage_class: Any) -> Any:
     """A subclass of a metadata provider that keeps its records under ``storage_class``'s root.
 
