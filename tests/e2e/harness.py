@@ -1,8 +1,10 @@
 """One real deployment shared by every end-to-end test of the session.
 
 A fresh PostgreSQL database, a ``DAGSTER_HOME`` holding this repo's ``dagster.yaml``, and one
-``dagster-daemon run -w workspace.yaml`` started from the repo root, exactly as the README
-deploys it. Only the policy differs from the repo's: it ticks every 5 s and starts running.
+``dagster-daemon run`` started from the repo root, as the README deploys it, on this repo's
+``workspace.yaml`` plus one code location per test flow (``TEST_FLOWS``, compiled by
+metaflow-dagster when the session starts). The policy lists the example flows and the test flows,
+ticks every 5 s and starts running.
 
 The pieces shared with the unit tests and the benchmarks (databases, opening an instance, the
 daemon's process, ``wait_until``, ``create_failed_run``) live in ``tests/support``.
@@ -24,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from auto_resume.dagster import tags
 from auto_resume.dagster.runs import FINISHED_STATUSES
 from auto_resume.dagster.sensor import SENSOR_NAME
+from auto_resume.metaflow.commands import compile_definitions
 from tests.support import BIN, ROOT
 from tests.support.instance import open_instance
 from tests.support.postgres import create_database, drop_database, throwaway_database
@@ -44,6 +48,13 @@ EXAMPLES = (
     "switch_flow",
     "decorated_flow",
 )
+
+# Flows only the end-to-end tests run, by code location: the session compiles each with
+# metaflow-dagster, serves it beside the examples and lists it in the policy.
+TEST_FLOWS = {
+    # start and body carry a card; every task writes current.origin_run_id and prints.
+    "parity_flow": ROOT / "tests" / "support" / "parity_flow.py",
+}
 
 
 FLOW_FILE_JOB = "SwitchFromFile"
@@ -297,12 +308,13 @@ def database() -> Iterator[str]:
         yield url
 
 
-def write_policy(path: Path, max_attempts: int = 2, extra: str = "") -> None:
-    """A policy listing the repo's example flows, ticking every 5 s, running from the start."""
-    flows = "".join(
-        f"  - definitions_file: {ROOT / 'examples' / 'generated' / (name + '_dagster.py')}\n"
-        for name in EXAMPLES
-    )
+def write_policy(
+    path: Path, max_attempts: int = 2, extra: str = "", definitions_files: tuple[Path, ...] = ()
+) -> None:
+    """A policy listing the repo's example flows (and ``definitions_files``), ticking every 5 s,
+    running from the start."""
+    examples = tuple(ROOT / "examples" / "generated" / (name + "_dagster.py") for name in EXAMPLES)
+    flows = "".join(f"  - definitions_file: {file}\n" for file in examples + definitions_files)
     path.write_text(
         "version: 1\n"
         "sensor:\n  minimum_interval_seconds: 5\n  default_status: running\n"
@@ -322,10 +334,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     policy_file = base / "policy.yaml"
+    test_flows = compile_test_flows(base / "generated")
     # Resumes wait a few seconds after a failure: OriginWatch takes the origin's checksums first.
-    write_policy(policy_file, extra=ORIGIN_WATCH_BACKOFF)
+    write_policy(policy_file, extra=ORIGIN_WATCH_BACKOFF, definitions_files=tuple(test_flows.values()))
     env = deployment_env(home, database, policy_file)
-    running = Deployment(home=home, env=env, policy_file=policy_file, log_file=base / "daemon.log")
+    running = Deployment(
+        home=home,
+        env=env,
+        policy_file=policy_file,
+        log_file=base / "daemon.log",
+        workspace=write_workspace(base / "workspace.yaml", test_flows),
+    )
     daemon = start_daemon(running.workspace, env, running.log_file)
     watch = running.origins = OriginWatch(running)
     try:
@@ -339,6 +358,39 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
         watch.stop()
         stop_daemon(daemon)
         running.close()
+
+
+def compile_test_flows(directory: Path) -> dict[str, Path]:
+    """Each of ``TEST_FLOWS`` compiled by metaflow-dagster into ``directory``, as setup.sh compiles
+    the examples (local datastore under the repo root); its definitions file, by location."""
+    directory.mkdir()
+    env = {
+        **os.environ,
+        "METAFLOW_USER": os.environ.get("METAFLOW_USER", "auto-resume"),
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(ROOT),
+    }
+    compiled = {}
+    for location, flow_file in TEST_FLOWS.items():
+        compiled[location] = directory / f"{location}_dagster.py"
+        compile_definitions(flow_file, compiled[location], env)
+    return compiled
+
+
+def write_workspace(path: Path, locations: dict[str, Path]) -> str:
+    """The repo's ``workspace.yaml`` (paths made absolute) plus a code location per definitions
+    file in ``locations``, written to ``path``; that path."""
+    config = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    for entry in config["load_from"]:
+        for target in entry.values():
+            for key in ("working_directory", "relative_path"):
+                if key in target:
+                    target[key] = str((ROOT / target[key]).resolve())
+    config["load_from"] += [
+        {"python_file": {"relative_path": str(file), "location_name": location}}
+        for location, file in locations.items()
+    ]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
 
 
 def wait_for_first_tick(running: Deployment, daemon: subprocess.Popen[bytes], timeout: float = 120) -> None:
