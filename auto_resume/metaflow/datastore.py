@@ -35,6 +35,8 @@ class StoreLocation:
     metadata_root: str | None
     # The metadata service's URL (None for other providers).
     metadata_url: str | None = None
+    # System tags of every record written through the provider (``@project``'s).
+    system_tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,17 @@ def location_of(deployment: Deployment) -> StoreLocation:
         metadata_type=provider_class.TYPE,
         metadata_root=metadata_root,
         metadata_url=_service_url(deployment) if provider_class.TYPE == "service" else None,
+        system_tags=_system_tags(deployment),
     )
+
+
+def _system_tags(deployment: Deployment) -> tuple[str, ...]:
+    """The flow's ``@project`` tags, which its steps add to their own records (none without it)."""
+    from auto_resume.metaflow.flows import project_system_tags
+
+    if not deployment.flow_file.is_file():
+        return ()  # nothing to run either: a resume fails on the missing flow file, and says so
+    return project_system_tags(deployment.flow_file, deployment.flow_name, deployment.top_args)
 
 
 def _service_url(deployment: Deployment) -> str:
@@ -161,6 +173,8 @@ def open_store(location: StoreLocation) -> Store:
         location.flow_name, storage_impl=storage_class, ds_root=location.datastore_root
     )
     metadata = provider_class(MetaflowEnvironment(_Flow), _Flow, None, None)
+    # As @project's flow_init does in a Metaflow process: every record carries these.
+    metadata.add_sticky_tags(sys_tags=list(location.system_tags))
     # With the provider attached, a cloned task's datastore registers its artifacts and its
     # finished attempt when done, as a task run by Metaflow does: the client reads them.
     flow_datastore.metadata = metadata

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -66,6 +67,41 @@ def _flow_class(flow_file: Path, flow_name: str | None) -> Any:
             "run with `flow_class:` in its policy entry"
         )
     return found[0]
+
+
+def project_system_tags(flow_file: Path, flow_name: str, top_args: Sequence[str]) -> tuple[str, ...]:
+    """The system tags ``@project`` puts on every run, step and task of the flow; () without it.
+
+    Metaflow's project decorator adds ``project:<name>`` and ``project_branch:<branch>`` as
+    sticky tags of the metadata provider when a flow starts, so a run is found in its project's
+    namespace; records auto-resume writes itself (a resume's run, its steps, its clones) need
+    them too. The branch is the decorator's, or ``--branch``/``--production`` of the top-level
+    arguments (metaflow-dagster writes them there), or ``user.<user name>``, as the decorator
+    computes it (``format_name``).
+    """
+    from metaflow.decorators import flow_decorators
+    from metaflow.plugins.project_decorator import format_name
+    from metaflow.util import get_username
+
+    decorators = flow_decorators(_flow_class(flow_file, flow_name))
+    project = next((d for d in decorators if d.name == "project"), None)
+    if project is None:
+        return ()
+    branch = project.attributes.get("branch") or _top_option(top_args, "branch")
+    production = bool(project.attributes.get("production")) or "--production" in top_args
+    name = project.attributes["name"]
+    _, branch_name = format_name(flow_name, name, production, branch, get_username())
+    return (f"project:{name}", f"project_branch:{branch_name}")
+
+
+def _top_option(top_args: Sequence[str], name: str) -> str | None:
+    """Value of ``--name value`` or ``--name=value`` among Metaflow's top-level arguments."""
+    for index, arg in enumerate(top_args):
+        if arg == f"--{name}" and index + 1 < len(top_args):
+            return top_args[index + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def load_flow_shape(flow_file: Path, flow_name: str) -> FlowShape:
