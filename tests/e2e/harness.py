@@ -33,6 +33,7 @@ from auto_resume.dagster import tags
 from auto_resume.dagster.runs import FINISHED_STATUSES
 from auto_resume.dagster.sensor import SENSOR_NAME
 from auto_resume.metaflow.commands import compile_definitions
+from auto_resume.metaflow.deployment import read_deployment
 from tests.support import BIN, ROOT
 from tests.support.instance import open_instance
 from tests.support.postgres import create_database, drop_database, throwaway_database
@@ -54,7 +55,15 @@ EXAMPLES = (
 TEST_FLOWS = {
     # start and body carry a card; every task writes current.origin_run_id and prints.
     "parity_flow": ROOT / "tests" / "support" / "parity_flow.py",
+    # A Config, a FlowMutator applied bare, a StepMutator, a user step decorator, a JSON parameter.
+    "config_mutator_flow": ROOT / "tests" / "e2e" / "flows" / "config_mutator_flow.py",
+    # @project: its job is feature_demo_ProjectFlow, its steps run on the branch test.e2e.
+    "project_flow": ROOT / "tests" / "e2e" / "flows" / "project_flow.py",
 }
+# Top-level Metaflow options a test flow is compiled with, beside the local datastore and metadata.
+TEST_FLOW_OPTIONS = {"project_flow": ("--branch=e2e",)}
+# The flow of each compiled test flow's job (job name -> flow name), once compiled.
+TEST_FLOW_JOBS: dict[str, str] = {}
 
 
 FLOW_FILE_JOB = "SwitchFromFile"
@@ -285,8 +294,13 @@ class OriginWatch:
 
 
 def _flow_name(run: DagsterRun) -> str:
-    """The Metaflow flow of a run: auto-resume's jobs tag it, metaflow-dagster's are named after it."""
-    return run.tags.get("auto_resume/flow") or run.job_name.removesuffix("_resume")
+    """The Metaflow flow of a run: auto-resume's jobs tag it, metaflow-dagster's are named after it
+    (or, under @project, ``<project>_<Flow>``: the compiled test flows say which)."""
+    return (
+        run.tags.get("auto_resume/flow")
+        or TEST_FLOW_JOBS.get(run.job_name)
+        or run.job_name.removesuffix("_resume")
+    )
 
 
 def deployment_env(home: Path, database: str, policy_file: Path) -> dict[str, str]:
@@ -372,7 +386,10 @@ def compile_test_flows(directory: Path) -> dict[str, Path]:
     compiled = {}
     for location, flow_file in TEST_FLOWS.items():
         compiled[location] = directory / f"{location}_dagster.py"
-        compile_definitions(flow_file, compiled[location], env)
+        options = ("--datastore=local", "--metadata=local", *TEST_FLOW_OPTIONS.get(location, ()))
+        compile_definitions(flow_file, compiled[location], env, options)
+        compiled_flow = read_deployment(compiled[location])
+        TEST_FLOW_JOBS[compiled_flow.job_name] = compiled_flow.flow_name
     return compiled
 
 
