@@ -186,6 +186,7 @@ def test_explain_json_shows_decision_and_plan(
         "root_run_id": run_id,
         "due_at": None,
         "error_rule": None,
+        "changes": None,  # the policy changes nothing in how this resume runs
     }
     assert document["resumes"] == []
     assert document["plan_error"] is None

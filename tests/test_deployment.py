@@ -105,6 +105,7 @@ def test_hand_written_file(tmp_path: Path) -> None:
         tags=("a",),
         extra_env={"X": "1"},
         with_decorators=("timeout:seconds=60",),
+        decorators=frozenset({"timeout"}),
     )
     assert deployment.step_options("start") == StepOptions()
     # Listed only in STEP_WITH_DECORATORS: defaults.
@@ -176,12 +177,17 @@ def test_decorated_flow_forwards_retry_tags_and_environment() -> None:
     tag = ("team:auto-resume",)
     assert deployment.step_options("start") == StepOptions(tags=tag)
     # @retry(times=1): one user-code retry, and the op's RetryPolicy(max_retries=1).
-    assert deployment.step_options("flaky") == StepOptions(max_user_code_retries=1, tags=tag)
+    # Each step knows its own decorators' names: a resume's --with of one of them is ignored there.
+    assert deployment.step_options("flaky") == StepOptions(
+        max_user_code_retries=1, tags=tag, decorators=frozenset({"retry"})
+    )
     # @catch needs nothing on the command line.
-    assert deployment.step_options("guarded") == StepOptions(tags=tag)
+    assert deployment.step_options("guarded") == StepOptions(tags=tag, decorators=frozenset({"catch"}))
     # @environment(vars=...) arrives as the step's extra environment.
     assert deployment.step_options("end") == StepOptions(
-        tags=tag, extra_env={"AUTO_RESUME_EXAMPLE_VAR": "from-environment-decorator"}
+        tags=tag,
+        extra_env={"AUTO_RESUME_EXAMPLE_VAR": "from-environment-decorator"},
+        decorators=frozenset({"environment"}),
     )
 
 

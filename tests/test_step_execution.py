@@ -9,21 +9,18 @@ two field by field).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
 
 from auto_resume.core.run_ids import make_run_id
-from auto_resume.dagster.flow_job import build_flow_job, flow_file_deployment, flow_run_config
+from auto_resume.dagster.flow_job import build_flow_job, flow_run_config
 from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
-from auto_resume.metaflow.flows import load_flow_file
-from tests.support import ROOT
 from tests.support.client_probe import client_probe
+from tests.support.parity_deployment import parity_deployment
 
 PROBE = """
 import json, sys
@@ -41,19 +38,9 @@ def test_an_executed_task_knows_its_origin_and_keeps_its_logs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("METAFLOW_USER", os.environ.get("METAFLOW_USER", "tester"))
-    # The flow beside its datastore: steps run in the flow's folder, and write their cards
-    # under the first .metaflow found from there.
-    flow_file = tmp_path / "parity_flow.py"
-    shutil.copyfile(ROOT / "tests" / "support" / "parity_flow.py", flow_file)
-    (tmp_path / ".metaflow").mkdir()
-    flow = load_flow_file(flow_file)
-    top_args = tuple(
-        f"--datastore-root={tmp_path / '.metaflow'}" if arg.startswith("--datastore-root=") else arg
-        for arg in flow.top_args
-    )
-    env = {"METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
-    flow = replace(flow, top_args=top_args, step_env=env)
-    deployment = replace(flow_file_deployment(flow), top_args=top_args, step_env=env)
+    parity = parity_deployment(tmp_path)
+    flow_file, flow, deployment = parity.flow_file, parity.flow, parity.deployment
+    top_args, env = parity.top_args, parity.env
     workdir = tmp_path / "side-effects"
     instance = DagsterInstance.ephemeral()
     parameters = {"width": 1, "fail_at": "process", "workdir": str(workdir)}

@@ -103,6 +103,7 @@ class Explanation:
     resumes: tuple[DagsterRun, ...]  # resume runs answering this run already
     plan: ResumePlan | None
     plan_error: str | None
+    allowed_decorators: tuple[str, ...] = ()  # the policy's: what a resume may inject
 
 
 def check_dagster_run_id(run_id: str) -> str:
@@ -153,7 +154,9 @@ def explain_run(
     matched = matching_rule(facts, rules.errors) if run.status is DagsterRunStatus.FAILURE else None
     resumes = tuple(resumes_of(instance, run.run_id))
     decision = _as_the_sensor_sees_it(run, decision, resumes)
-    plan, plan_error = _plan(deployment, flow, facts.metaflow_run_id, from_step)
+    # The error rule's from_step shapes the resume as much as --from-step does.
+    plan_from = from_step or decision.changes.from_step
+    plan, plan_error = _plan(deployment, flow, facts.metaflow_run_id, plan_from)
     return Explanation(
         run=run,
         deployment=deployment,
@@ -165,6 +168,7 @@ def explain_run(
         resumes=resumes,
         plan=plan,
         plan_error=plan_error,
+        allowed_decorators=policy.allowed_decorators,
     )
 
 

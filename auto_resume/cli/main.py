@@ -138,6 +138,7 @@ def _resume(args: argparse.Namespace) -> int:
     from auto_resume.cli.explain import OperatorError, check_dagster_run_id, explain_run
     from auto_resume.cli.render import format_resume, resume_document
     from auto_resume.cli.submit import prepare_resume, request_resume
+    from auto_resume.core.resume_changes import ResumeChanges
     from auto_resume.policy.loading import default_policy_path
 
     policy = (Path(args.policy) if args.policy else default_policy_path()).absolute()
@@ -145,7 +146,13 @@ def _resume(args: argparse.Namespace) -> int:
     instance = _open_instance()
     try:
         explanation = explain_run(instance, policy, args.run_id, from_step=args.from_step)
-        manual = prepare_resume(explanation, args.from_step, args.force)
+        changes = ResumeChanges(
+            with_specs=tuple(args.with_specs),
+            metaflow_tags=tuple(args.tags),
+            max_runtime_seconds=args.max_runtime,
+            because=("auto-resume resume",),
+        )
+        manual = prepare_resume(explanation, args.from_step, args.force, changes=changes)
         answer = None if args.dry_run else request_resume(instance, manual, args.wait)
     except OperatorError as exc:
         raise CommandError(str(exc)) from exc
@@ -354,6 +361,29 @@ def _add_resume(commands: Any) -> None:
         "--from-step",
         metavar="STEP",
         help="re-run this step and every step after it, even if they finished (allowed on a succeeded run)",
+    )
+    resume.add_argument(
+        "--with",
+        dest="with_specs",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="inject this decorator into every task the resume executes (not clones), e.g. "
+        "resources:memory=32000; only the policy's allowed_decorators; repeatable",
+    )
+    resume.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="add this Metaflow tag to the new Metaflow run; repeatable",
+    )
+    resume.add_argument(
+        "--max-runtime",
+        type=int,
+        metavar="SECONDS",
+        help="stop the resume run after this many seconds (dagster/max_runtime; needs run monitoring)",
     )
     resume.add_argument(
         "--dry-run", action="store_true", help="print the run config, tags and plan; request nothing"

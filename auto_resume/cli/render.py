@@ -11,6 +11,7 @@ from dagster import DagsterRun
 from auto_resume.cli.explain import Explanation, ResumePlan, describe_run, plan_summary
 from auto_resume.cli.history import Lineage, RunSummary
 from auto_resume.cli.submit import ManualResume
+from auto_resume.core.decision import Action
 from auto_resume.dagster import tags
 
 
@@ -44,6 +45,7 @@ def explanation_document(explanation: Explanation, policy: Path) -> dict[str, An
             "root_run_id": decision.root_run_id or None,
             "due_at": decision.due_at,
             "error_rule": explanation.rule_index,
+            "changes": json.loads(decision.changes.as_json()) if decision.changes else None,
         },
         "resumes": [
             {"run_id": run.run_id, "status": run.status.value, "manual": tags.MANUAL in run.tags}
@@ -105,6 +107,8 @@ def format_explanation(explanation: Explanation, policy: Path) -> str:
     resumes = ", ".join(describe_run(r) for r in explanation.resumes) or "none"
     lines.append(f"resume runs of it so far: {resumes}")
     lines.append(f"decision: {decision.action.value}: {decision.reason}")
+    if decision.changes and decision.action in (Action.RESUME, Action.WAIT):
+        lines.append(f"the resume would run: {decision.changes.describe()}")
     lines.append(_format_plan(explanation.plan, explanation.plan_error))
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from auto_resume.cli.explain import Explanation, OperatorError, describe_run
 from auto_resume.core.decision import Action, Decision, decide
+from auto_resume.core.resume_changes import ResumeChanges, merge_changes
 from auto_resume.dagster.resume_job import build_resume_job
 from auto_resume.dagster.resume_requests import (
     ResumeRequest,
@@ -41,7 +42,11 @@ class ManualResume:
 
 
 def prepare_resume(
-    explanation: Explanation, from_step: str | None, force: bool, now: float | None = None
+    explanation: Explanation,
+    from_step: str | None,
+    force: bool,
+    now: float | None = None,
+    changes: ResumeChanges | None = None,
 ) -> ManualResume:
     """The run a manual resume asks for, or :class:`OperatorError` saying why it is refused.
 
@@ -56,6 +61,8 @@ def prepare_resume(
         from_step: Re-run this step and every step after it (allowed on a succeeded run).
         force: Resume even what the policy skips or gives up on.
         now: POSIX time of the request; None: the clock.
+        changes: The command's own ``--with``, ``--tag`` and ``--max-runtime``, over those the
+            policy gives this failure (its specs replace the policy's of the same decorator).
 
     Returns:
         The job, run config, tags, the notes on what the manual resume overrides, and the request.
@@ -86,8 +93,12 @@ def prepare_resume(
         notes.append(f"a manual resume does not wait: the sensor would wait ({decision.reason})")
     if explanation.rules.mode == "observe":
         notes.append("the flow is in observe mode: the sensor itself would only record its decision")
-    job = build_resume_job(deployment, explanation.flow)
-    run_config = checked_run_config(deployment, {job.name: job}, facts.metaflow_run_id, from_step)
+    job = build_resume_job(deployment, explanation.flow, explanation.allowed_decorators)
+    merged = merge_changes(decision.changes, changes) if changes else decision.changes
+    from_step = from_step or merged.from_step
+    run_config = checked_run_config(
+        deployment, {job.name: job}, facts.metaflow_run_id, from_step, merged, explanation.allowed_decorators
+    )
     if isinstance(run_config, str):
         raise OperatorError(f"cannot resume run {run.run_id}: {run_config}")
     forced = force and decision.action in (Action.SKIP, Action.GIVE_UP)
@@ -97,11 +108,12 @@ def prepare_resume(
         from_step=from_step or None,
         forced=forced,
         requested_at=time.time() if now is None else now,
+        changes=merged,
     )
     return ManualResume(
         job_name=deployment.resume_job_name,
         run_config=run_config,
-        tags=manual_resume_tags(deployment, facts, explanation.rules, run.status, forced),
+        tags=manual_resume_tags(deployment, facts, explanation.rules, run.status, forced, merged),
         notes=tuple(notes),
         request=request,
     )

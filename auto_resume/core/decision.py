@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from zoneinfo import ZoneInfo
 
+from auto_resume.core.resume_changes import ResumeChanges, changes_for
 from auto_resume.policy.model import EffectiveFlowSettings
 from auto_resume.policy.settings import Backoff, ErrorRule, Windows
 
@@ -70,6 +71,7 @@ class Decision:
     attempt: int = 0
     root_run_id: str = ""
     due_at: float | None = None  # WAIT: decide again from this POSIX time on
+    changes: ResumeChanges = field(default_factory=ResumeChanges)  # RESUME, WAIT: how the resume will run
 
 
 _NUMBERS = re.compile(r"0x[0-9a-f]+|[0-9a-f]{8,}|\d+")
@@ -163,15 +165,18 @@ def decide(failed: FailedRun, rules: FlowRules, situation: Situation | None = No
     reason = _give_up_reason(failed, rules, attempt, root)
     if reason is not None:
         return Decision(Action.GIVE_UP, reason, attempt, root)
+    changes = changes_for(rules, matching_rule(failed, rules.errors))
     wait = _wait(failed, rules, now, attempt)
     if wait is not None:
         reason, due_at = wait
-        return Decision(Action.WAIT, reason, attempt, root, due_at)
+        return Decision(Action.WAIT, reason, attempt, root, due_at, changes)
+    described = f"; {changes.describe()}" if changes else ""
     return Decision(
         Action.RESUME,
-        f"resume {failed.metaflow_run_id} (attempt {attempt} of {rules.max_attempts})",
+        f"resume {failed.metaflow_run_id} (attempt {attempt} of {rules.max_attempts}){described}",
         attempt,
         root,
+        changes=changes,
     )
 
 

@@ -77,7 +77,7 @@ def build_definitions(policy_path: Path | None = None) -> Definitions:
                 f"invalid auto-resume policy {path}: flows[{index}].{entry.source_field}: {exc}", path=path
             ) from exc
         deployments.append(loaded.deployment)
-        jobs.append(build_resume_job(loaded.deployment, loaded.shape))
+        jobs.append(build_resume_job(loaded.deployment, loaded.shape, policy.allowed_decorators))
         if loaded.flow_file is not None:
             flow_jobs.append(build_flow_job(loaded.deployment, loaded.flow_file))
     _check_unique_jobs(path, deployments, [entry.source_field for entry in policy.flows])

@@ -48,6 +48,7 @@ def flow_file_deployment(flow: FlowFile, job_name: str | None = None) -> Deploym
             max_user_code_retries=retries,
             retry_delay_seconds=delay,
             extra_env=dict(flow.environment.get(step.name, {})),
+            decorators=flow.decorators.get(step.name, frozenset()),
         )
     return Deployment(
         definitions_file=flow.flow_file,

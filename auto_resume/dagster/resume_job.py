@@ -7,6 +7,13 @@ Run config (the sensor writes it; it can also be typed by hand in the Launchpad)
         config:
           origin_run_id: dagster-1a2b3c4d5e6f   # the Metaflow run to resume
           from_step: train                      # optional: re-run it and everything after it
+          with: ["resources:memory=32000"]      # optional: decorators for the tasks it executes
+          tags: [resumed-after-oom]             # optional: Metaflow tags of the new run
+          max_runtime_seconds: 7200             # optional: Dagster stops the run after this
+
+Whoever can open the Launchpad can start a resume, so ``with`` takes only the decorators the
+policy's ``allowed_decorators`` lists, and Metaflow parameters cannot change (the completed steps
+used the origin's): the first op refuses both, and malformed specs or tags, before any command.
 
 The job runs in one process (in-process executor): a cloned task costs a few milliseconds, so
 starting a Dagster op process per step would dominate the cost of a resume. Tasks that must run
@@ -19,6 +26,7 @@ resume, which starts from it, repeats none of it. The last op, ``<job>_resume__f
 the run if any task failed.
 """
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from dagster import (
@@ -31,6 +39,7 @@ from dagster import (
     OpDefinition,
     OpExecutionContext,
     Out,
+    Permissive,
     RunRecord,
     RunsFilter,
     in_process_executor,
@@ -40,6 +49,7 @@ from dagster import (
 
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.flow_shape import FlowShape, StepShape, check_step_name
+from auto_resume.core.resume_changes import ResumeChanges
 from auto_resume.core.resume_plan import PARAMETERS_STEP, PARAMETERS_TASK_ID, parameters_task
 from auto_resume.core.run_ids import check_run_id, make_run_id
 from auto_resume.dagster import tags
@@ -54,6 +64,7 @@ from auto_resume.dagster.step_execution import (
 from auto_resume.metaflow import clone_pool, records
 from auto_resume.metaflow.cloning import clone_task
 from auto_resume.metaflow.datastore import store_for
+from auto_resume.metaflow.decorator_specs import DEFAULT_ALLOWED_DECORATORS, spec_problem, tags_problem
 from auto_resume.metaflow.deployment import Deployment
 from auto_resume.metaflow.origin import read_origin_step
 
@@ -76,15 +87,47 @@ def _config_schema() -> dict[str, Field]:
             is_required=False,
             description="How many Metaflow tasks of one step may execute at the same time.",
         ),
+        "with": Field(
+            [str],
+            default_value=[],
+            is_required=False,
+            description="Decorator specs (`resources:memory=32000`) injected into every task this run "
+            "executes, not into clones; only those the policy's allowed_decorators lists.",
+        ),
+        "tags": Field(
+            [str],
+            default_value=[],
+            is_required=False,
+            description="Metaflow tags of the new Metaflow run (as `metaflow resume --tag`).",
+        ),
+        "max_runtime_seconds": Field(
+            Noneable(int),
+            default_value=None,
+            is_required=False,
+            description="Stop the run after this many seconds (Dagster's dagster/max_runtime tag, "
+            "enforced by run monitoring).",
+        ),
+        "parameters": Field(
+            Permissive(),  # type: ignore[no-untyped-call]
+            default_value={},
+            is_required=False,
+            description="Not changeable: a resume keeps the origin run's Metaflow parameters; any "
+            "value here is refused.",
+        ),
     }
 
 
-def build_resume_job(deployment: Deployment, flow: FlowShape) -> JobDefinition:
+def build_resume_job(
+    deployment: Deployment,
+    flow: FlowShape,
+    allowed_decorators: Collection[str] = DEFAULT_ALLOWED_DECORATORS,
+) -> JobDefinition:
     """Build ``<job>_resume`` for one deployed flow.
 
     Args:
         deployment: The flow's metaflow-dagster definitions file, parsed.
         flow: The flow graph.
+        allowed_decorators: The policy's ``allowed_decorators``: what run config may inject.
     """
     job_name = deployment.resume_job_name
     return build_step_job(
@@ -95,7 +138,7 @@ def build_resume_job(deployment: Deployment, flow: FlowShape) -> JobDefinition:
         ),
         deployment,
         flow,
-        _origin_op(job_name, deployment, flow),
+        _origin_op(job_name, deployment, flow, tuple(allowed_decorators)),
     )
 
 
@@ -132,19 +175,56 @@ def origin_op_name(deployment: Deployment) -> str:
 
 
 def resume_run_config(
-    deployment: Deployment, origin_run_id: str, from_step: str | None = None
+    deployment: Deployment,
+    origin_run_id: str,
+    from_step: str | None = None,
+    changes: ResumeChanges | None = None,
 ) -> dict[str, Any]:
-    """Run config of ``<job>_resume`` for resuming ``origin_run_id``."""
+    """Run config of ``<job>_resume`` for resuming ``origin_run_id`` (``changes``' from_step wins)."""
     config: dict[str, Any] = {"origin_run_id": origin_run_id}
+    if changes is not None:
+        from_step = changes.from_step or from_step
+        if changes.with_specs:
+            config["with"] = list(changes.with_specs)
+        if changes.metaflow_tags:
+            config["tags"] = list(changes.metaflow_tags)
+        if changes.max_runtime_seconds:
+            config["max_runtime_seconds"] = changes.max_runtime_seconds
     if from_step:
         config["from_step"] = from_step
     return {"ops": {origin_op_name(deployment): {"config": config}}}
 
 
-def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefinition:
+def config_problems(config: dict[str, Any], allowed_decorators: Collection[str]) -> list[str]:
+    """What the origin op refuses in its run config before it runs anything; [] if nothing."""
+    problems = []
+    for spec in config.get("with") or ():
+        if (what := spec_problem(spec, allowed_decorators)) is not None:
+            problems.append(f"with: {what}")
+    if config.get("tags") and (what := tags_problem(config["tags"])) is not None:
+        problems.append(f"tags: {what}")
+    if (seconds := config.get("max_runtime_seconds")) is not None and seconds < 1:
+        problems.append(f"max_runtime_seconds: must be >= 1 (got {seconds}); fix: e.g. 7200, or null")
+    if names := sorted(config.get("parameters") or {}):
+        problems.append(
+            f"parameters: {', '.join(names)}: a resume keeps the origin run's Metaflow parameters (its "
+            "completed steps used them, and metaflow resume refuses changes too); fix: remove "
+            "`parameters`, or launch a new run of the flow's job with the new values"
+        )
+    return problems
+
+
+def _origin_op(
+    job_name: str, deployment: Deployment, flow: FlowShape, allowed_decorators: Sequence[str]
+) -> OpDefinition:
     @op(name=origin_op_name(deployment), config_schema=_config_schema(), out=Out(Any))
     def _origin(context: OpExecutionContext) -> ResumeContext:
         config = context.op_config
+        if problems := config_problems(config, allowed_decorators):
+            raise Failure(
+                description=f"invalid run config of {job_name} (op {origin_op_name(deployment)}); "
+                "nothing was run:\n" + "\n".join(f"- {p}" for p in problems)
+            )
         if any(step.type == "foreach" for step in flow.steps):
             # Only a foreach makes a step wide enough to clone in processes: start their fork
             # server now, so that it loads while this op and the first steps work.
@@ -152,6 +232,7 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
         try:
             origin_run_id = check_run_id(config["origin_run_id"])
             _refuse_a_second_resume(context, job_name, origin_run_id)
+            _record_changes(context, config)
             rerun = (
                 flow.downstream_of(check_step_name(flow, config["from_step"]))
                 if config.get("from_step")
@@ -166,7 +247,7 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
             raise Failure(description=str(exc)) from exc
         run_id = make_run_id(context.run_id)
         context.log.info(f"{RUN_ID_LOG_PREFIX}{run_id} origin_run_id={origin_run_id}")
-        records.register_run(store, deployment, run_id)
+        records.register_run(store, deployment, run_id, extra_tags=config.get("tags") or ())
         clone_task(store, origin, parameters.pathspec, run_id, PARAMETERS_TASK_ID)
         context.log.info(
             f"cloned {parameters.pathspec} -> {run_id}/{PARAMETERS_STEP}/{PARAMETERS_TASK_ID} "
@@ -178,9 +259,36 @@ def _origin_op(job_name: str, deployment: Deployment, flow: FlowShape) -> OpDefi
             rerun_steps=rerun,
             parameters_pathspec=f"{run_id}/{PARAMETERS_STEP}/{PARAMETERS_TASK_ID}",
             max_parallel_tasks=max(1, int(config.get("max_parallel_tasks") or 1)),
+            with_specs=tuple(config.get("with") or ()),
+            metaflow_tags=tuple(config.get("tags") or ()),
         )
 
     return _origin
+
+
+def _record_changes(context: OpExecutionContext, config: dict[str, Any]) -> None:
+    """Tag the run with its changes (a Launchpad run has none yet) and its time limit.
+
+    Dagster's run monitoring reads ``dagster/max_runtime`` on every check, so a limit tagged now
+    counts from the run's start.
+    """
+    run_tags = context.run.tags
+    new: dict[str, str] = {}
+    changes = ResumeChanges(
+        with_specs=tuple(config.get("with") or ()),
+        metaflow_tags=tuple(config.get("tags") or ()),
+        max_runtime_seconds=config.get("max_runtime_seconds"),
+        from_step=config.get("from_step"),
+        because=("run config",),
+    )
+    if changes and tags.CHANGES not in run_tags:
+        new[tags.CHANGES] = changes.as_json()
+    if changes.max_runtime_seconds and tags.DAGSTER_MAX_RUNTIME not in run_tags:
+        new[tags.DAGSTER_MAX_RUNTIME] = str(changes.max_runtime_seconds)
+    if new:
+        context.instance.add_run_tags(context.run_id, new)
+    if changes:
+        context.log.info(f"this resume runs {changes.describe()}")
 
 
 # Another resume of the same origin waiting before this one, or at work (every other status that

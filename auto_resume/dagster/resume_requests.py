@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from dagster import DagsterInstance, DagsterRun, RunsFilter
 
+from auto_resume.core.resume_changes import ResumeChanges
 from auto_resume.dagster import tags
 
 MANUAL = "manual"
@@ -37,6 +38,8 @@ class ResumeRequest:
     from_step: str | None
     forced: bool
     requested_at: float
+    # The policy's changes for the failure, and the command's own.
+    changes: ResumeChanges = field(default_factory=ResumeChanges)
 
 
 def resume_run_key(run_id: str, number: int = 1) -> str:
@@ -49,7 +52,9 @@ def record_request(instance: DagsterInstance, request: ResumeRequest) -> None:
 
     Both tags are written by one ``add_run_tags`` call; a later request replaces an earlier one.
     """
-    detail = {key: value for key, value in asdict(request).items() if key != "forced"}
+    detail = {key: value for key, value in asdict(request).items() if key not in ("forced", "changes")}
+    if request.changes:
+        detail["changes"] = json.loads(request.changes.as_json())
     instance.add_run_tags(
         request.run_id,
         {
@@ -76,10 +81,26 @@ def read_request(run: DagsterRun) -> ResumeRequest | None:
             from_step=str(detail["from_step"]) if detail.get("from_step") else None,
             forced=kind == FORCED,
             requested_at=float(detail["requested_at"]),
+            changes=_changes(detail.get("changes") or {}),
         )
     except (ValueError, TypeError, KeyError):
         return None
     return request if request.run_id == run.run_id else None
+
+
+def _changes(data: dict[str, object]) -> ResumeChanges:
+    def texts(key: str) -> tuple[str, ...]:
+        value = data.get(key) or ()
+        return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+    runtime = data.get("max_runtime_seconds")
+    return ResumeChanges(
+        with_specs=texts("with"),
+        metaflow_tags=texts("metaflow_tags"),
+        max_runtime_seconds=runtime if isinstance(runtime, int) else None,
+        from_step=str(data["from_step"]) if data.get("from_step") else None,
+        because=texts("because"),
+    )
 
 
 def open_requests(

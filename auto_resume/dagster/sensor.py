@@ -362,7 +362,14 @@ def _answer_request(scope: _Scope, run: DagsterRun, request: ResumeRequest, tick
         facts = failed_run_facts(scope.instance, run, end.event_log_entry)
         if facts.metaflow_run_id is None:
             raise LookupError("no Metaflow run id in the run's log")
-        checked = checked_run_config(deployment, scope.jobs, facts.metaflow_run_id, request.from_step)
+        checked = checked_run_config(
+            deployment,
+            scope.jobs,
+            facts.metaflow_run_id,
+            request.from_step,
+            request.changes,
+            scope.policy.allowed_decorators,
+        )
         if isinstance(checked, str):
             raise LookupError(checked)
     except Exception as exc:
@@ -372,7 +379,7 @@ def _answer_request(scope: _Scope, run: DagsterRun, request: ResumeRequest, tick
         run_key=request.run_key,
         job_name=deployment.resume_job_name,
         run_config=checked,
-        tags=manual_resume_tags(deployment, facts, rules, run.status, request.forced),
+        tags=manual_resume_tags(deployment, facts, rules, run.status, request.forced, request.changes),
     )
     if tick.request(run_request):
         scope.load.add(deployment.job_name)

@@ -20,6 +20,7 @@ from auto_resume.metaflow import commands, records
 from auto_resume.metaflow.clone_pool import CLONE_PROCESSES
 from auto_resume.metaflow.cloning import clone_tasks
 from auto_resume.metaflow.datastore import Store, store_for
+from auto_resume.metaflow.decorator_specs import injection_for
 from auto_resume.metaflow.deployment import Deployment
 from auto_resume.metaflow.origin import OriginStep, read_origin_step, task_outcome
 from auto_resume.metaflow.task_logs import AttemptLog
@@ -44,6 +45,8 @@ class ResumeContext:
     rerun_steps: frozenset[str]
     parameters_pathspec: str
     max_parallel_tasks: int
+    with_specs: tuple[str, ...] = ()  # injected into every task the run executes (run config `with`)
+    metaflow_tags: tuple[str, ...] = ()  # Metaflow tags of the new run (run config `tags`)
 
 
 def execute_step(
@@ -175,11 +178,17 @@ class _TaskRunner:
         self._executions = executions
         self._found = found
         self._options = deployment.step_options(step.name)
+        self._injection = injection_for(resume.with_specs, step.name, self._options.decorators)
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[str | None]] = []
         self.failures: list[str] = []
 
     def __enter__(self) -> "_TaskRunner":
+        if self._executions and self._injection.ignored:
+            self._context.log.warning(
+                f"step {self._step.name} has its own decorator of that name, which wins (Metaflow's "
+                f"rule for --with): {', '.join(self._injection.ignored)} not injected there"
+            )
         if self._executions:
             workers = min(self._resume.max_parallel_tasks, len(self._executions))
             self._pool = ThreadPoolExecutor(max_workers=workers)
@@ -193,11 +202,17 @@ class _TaskRunner:
         self.failures = [message for future in self._futures if (message := future.result())]
 
     def _run(self, action: TaskAction) -> str | None:
-        deployment, step, resume, options = self._deployment, self._step, self._resume, self._options
+        deployment, step, resume, injection = self._deployment, self._step, self._resume, self._injection
         instance = action.instance
-        records.register_task(self._store, deployment, resume.run_id, step.name, action.task_id)
+        records.register_task(
+            self._store, deployment, resume.run_id, step.name, action.task_id, resume.metaflow_tags
+        )
         pathspec = f"{resume.run_id}/{step.name}/{action.task_id}"
-        for attempt in range(options.max_user_code_retries + 1):
+        # The step's own @retry wins; an injected one counts only where the step has none.
+        retries, delay = self._options.max_user_code_retries, self._options.retry_delay_seconds
+        if injection.user_code_retries is not None:
+            retries, delay = injection.user_code_retries, injection.retry_delay_seconds
+        for attempt in range(retries + 1):
             command = commands.step_command(
                 deployment,
                 step.name,
@@ -207,16 +222,19 @@ class _TaskRunner:
                 instance.split_index,
                 retry_count=attempt,
                 origin_run_id=resume.origin_run_id,
+                injected=injection.specs,
+                extra_tags=resume.metaflow_tags,
+                max_user_code_retries=retries,
             )
             self._context.log.info("$ " + " ".join(command))
             log = AttemptLog()
-            result = commands.run_step(deployment, command, step.name, log)
+            result = commands.run_step(deployment, command, step.name, log, extra_env=injection.env)
             self._keep_output(pathspec, attempt, log, result.returncode)
             if result.returncode == 0:
                 self._found[instance.indices] = _record(self._store, step, action, pathspec, cloned=False)
                 return None
-            if attempt < options.max_user_code_retries and options.retry_delay_seconds:
-                time.sleep(options.retry_delay_seconds)
+            if attempt < retries and delay:
+                time.sleep(delay)
         return (
             f"{resume.run_id}/{step.name}/{action.task_id} exited with status "
             f"{result.returncode}:\n{commands.output_tail(result)}"

@@ -33,6 +33,7 @@ RESUME_REQUESTED = PREFIX + "resume_requested"
 RESUME_REQUEST = PREFIX + "resume_request"
 DUPLICATE_OF = PREFIX + "duplicate_of"
 FLOW = PREFIX + "flow"
+CHANGES = PREFIX + "changes"
 
 TAGS: tuple[Tag, ...] = (
     Tag(ROOT_RUN_ID, "resume runs", "Dagster run id of the original failure (the lineage root)"),
@@ -61,6 +62,12 @@ TAGS: tuple[Tag, ...] = (
         "the resume run of the same origin that made this one refuse to start (it is opted out)",
     ),
     Tag(FLOW, "jobs auto-resume builds", "the Metaflow flow the job runs or resumes"),
+    Tag(
+        CHANGES,
+        "resume runs",
+        'how it runs differently from its origin, and which policy settings asked: `{"with", '
+        '"metaflow_tags", "max_runtime_seconds", "from_step", "because"}` (JSON)',
+    ),
 )
 
 # Set by Dagster on a failed run that its own run retries will launch again.
@@ -68,6 +75,9 @@ DAGSTER_WILL_RETRY = "dagster/will_retry"
 # Set by the daemon on a run a sensor created with a run key (its value); the daemon creates no
 # second run with the same key for the same sensor.
 DAGSTER_RUN_KEY = "dagster/run_key"
+# Read by Dagster's run monitoring (run_monitoring in dagster.yaml): a run still at work after this
+# many seconds is canceled and marked failed.
+DAGSTER_MAX_RUNTIME = "dagster/max_runtime"
 
 
 def attempt_of(run_tags: Mapping[str, str]) -> int:

@@ -86,18 +86,24 @@ def step_command(
     split_index: int | None,
     retry_count: int,
     origin_run_id: str | None,
+    injected: Sequence[str] = (),
+    extra_tags: Sequence[str] = (),
+    max_user_code_retries: int | None = None,
 ) -> list[str]:
     """The command line metaflow-dagster would use to run this task.
 
     ``origin_run_id`` (None in a first run) becomes ``--clone-run-id``, which Metaflow's runtime
     passes to every task of ``resume``: on ``step`` it only records the origin
-    (``current.origin_run_id``, ``origin-run-id`` metadata); it clones nothing.
+    (``current.origin_run_id``, ``origin-run-id`` metadata); it clones nothing. ``injected``
+    decorator specs and ``extra_tags`` are a resume's ``--with`` and ``--tag``;
+    ``max_user_code_retries`` replaces the deployment's when an injected ``@retry`` sets it.
     """
     from metaflow.util import compress_list
 
     options = deployment.step_options(step_name)
+    retries = options.max_user_code_retries if max_user_code_retries is None else max_user_code_retries
     command = [sys.executable, str(deployment.flow_file), *deployment.top_args]
-    command += [f"--with={decorator}" for decorator in options.with_decorators]
+    command += [f"--with={decorator}" for decorator in (*options.with_decorators, *injected)]
     command += [
         "step",
         step_name,
@@ -105,9 +111,9 @@ def step_command(
         f"--task-id={task_id}",
         f"--input-paths={compress_list(list(input_paths))}",
         f"--retry-count={retry_count}",
-        f"--max-user-code-retries={options.max_user_code_retries}",
+        f"--max-user-code-retries={retries}",
     ]
-    command += [f"--tag={tag}" for tag in options.tags]
+    command += [f"--tag={tag}" for tag in dict.fromkeys((*options.tags, *extra_tags))]
     namespace = deployment.top_arg("namespace")
     if namespace:
         command.append(f"--namespace={namespace}")
@@ -133,17 +139,24 @@ def init_command(deployment: Deployment, run_id: str, task_id: str) -> list[str]
     ]
 
 
-def step_environment(deployment: Deployment, step_name: str) -> dict[str, str]:
-    """Environment for a step subprocess, as metaflow-dagster builds it."""
+def step_environment(
+    deployment: Deployment, step_name: str, extra_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Environment for a step subprocess, as metaflow-dagster builds it (plus ``extra_env``)."""
     return {
         **os.environ,
         **deployment.step_env,
         **deployment.step_options(step_name).extra_env,
+        **(extra_env or {}),
     }
 
 
 def run_step(
-    deployment: Deployment, command: list[str], step_name: str, log: AttemptLog | None = None
+    deployment: Deployment,
+    command: list[str],
+    step_name: str,
+    log: AttemptLog | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one step command to completion, capturing its output.
 
@@ -153,8 +166,9 @@ def run_step(
         step_name: The step, for its environment.
         log: Fed every line as the subprocess writes it (unbuffered, as Metaflow's runtime runs
             its steps), to be saved as the attempt's logs.
+        extra_env: Variables injected decorators set (``@environment``), over the step's own.
     """
-    env = step_environment(deployment, step_name)
+    env = step_environment(deployment, step_name, extra_env)
     if log is None:
         return _run(deployment, command, env)
     process = subprocess.Popen(

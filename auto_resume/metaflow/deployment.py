@@ -44,6 +44,9 @@ class StepOptions:
     tags: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
     with_decorators: tuple[str, ...] = ()
+    # Names of the step's own decorators (static, or --with at compile time): an injected
+    # decorator of one of these names is ignored, as Metaflow ignores it.
+    decorators: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,9 @@ def read_deployment(definitions_file: Path) -> Deployment:
             f"point the policy at the file written by `python <flow>.py dagster create <file>`"
         )
     with_decorators: dict[str, list[str]] = constants["STEP_WITH_DECORATORS"]
-    _check_decorators(definitions_file, with_decorators, constants.get("STEP_DECORATOR_SPECS") or {})
-    steps = _step_options(tree, with_decorators)
+    decorator_specs: dict[str, list[str]] = constants.get("STEP_DECORATOR_SPECS") or {}
+    _check_decorators(definitions_file, with_decorators, decorator_specs)
+    steps = _step_options(tree, with_decorators, decorator_specs)
     return Deployment(
         definitions_file=definitions_file.resolve(),
         job_name=job_names[0],
@@ -210,7 +214,13 @@ def _keyword(keywords: dict[str, ast.expr], name: str, default: Any) -> Any:
     return _literal(keywords[name], default) if name in keywords else default
 
 
-def _step_options(tree: ast.Module, with_decorators: dict[str, list[str]]) -> dict[str, StepOptions]:
+def _step_options(
+    tree: ast.Module, with_decorators: dict[str, list[str]], decorator_specs: dict[str, list[str]]
+) -> dict[str, StepOptions]:
+    def names(step_name: str) -> frozenset[str]:
+        specs = [*with_decorators.get(step_name, ()), *decorator_specs.get(step_name, ())]
+        return frozenset(decorator_name(str(spec)) for spec in specs)
+
     options: dict[str, StepOptions] = {}
     for function in tree.body:
         if not isinstance(function, ast.FunctionDef):
@@ -237,7 +247,9 @@ def _step_options(tree: ast.Module, with_decorators: dict[str, list[str]]) -> di
                 tags=tuple(str(t) for t in tags or ()),
                 extra_env={str(k): str(v) for k, v in (extra_env or {}).items()},
                 with_decorators=tuple(with_decorators.get(step_name, ())),
+                decorators=names(step_name),
             )
-    for step_name, decorators in with_decorators.items():
-        options.setdefault(step_name, StepOptions(with_decorators=tuple(decorators)))
+    for step_name in {*with_decorators, *decorator_specs}:
+        own = tuple(with_decorators.get(step_name, ()))
+        options.setdefault(step_name, StepOptions(with_decorators=own, decorators=names(step_name)))
     return options

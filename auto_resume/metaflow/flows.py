@@ -9,7 +9,7 @@ import hashlib
 import importlib.util
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,8 @@ class FlowFile:
     environment: dict[str, dict[str, str]]
     top_args: tuple[str, ...]
     step_env: dict[str, str]
+    # Per step: the names of its decorators (an injected one of these names is ignored).
+    decorators: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 def load_flow_file(flow_file: Path, flow_name: str | None = None) -> FlowFile:
@@ -178,6 +180,12 @@ def load_flow_file(flow_file: Path, flow_name: str | None = None) -> FlowFile:
         environment=environment,
         top_args=default_top_args(configuration),
         step_env=step_env_for(configuration),
+        decorators={
+            step.name: frozenset(
+                getattr(d, "name", "") for d in getattr(getattr(flow_class, step.name), "decorators", [])
+            )
+            for step in shape.steps
+        },
     )
 
 

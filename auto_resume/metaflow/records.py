@@ -24,20 +24,28 @@ _METADATA_LOCK = threading.Lock()
 _OWN_FIELDS = frozenset({"attempt", "attempt_ok", "attempt-done", "origin-run-id", "origin-task-id"})
 
 
-def register_run(store: Store, deployment: Deployment, run_id: str) -> None:
+def register_run(store: Store, deployment: Deployment, run_id: str, extra_tags: Sequence[str] = ()) -> None:
     """Make ``run_id`` known to the metadata provider (and so to the client).
 
-    The run carries the ``--tag`` values the definitions file passes to its steps: the client
-    shows tags per run, as for ``python flow.py run --tag ...``.
+    The run carries the ``--tag`` values the definitions file passes to its steps, and a
+    resume's own (``extra_tags``): the client shows tags per run, as for ``--tag`` on
+    ``python flow.py run`` or ``resume``.
     """
-    tags = sorted({tag for options in deployment.steps.values() for tag in options.tags})
+    tags = sorted({tag for options in deployment.steps.values() for tag in options.tags} | set(extra_tags))
     with _METADATA_LOCK:
         store.metadata.register_run_id(run_id, tags=tags)
 
 
-def register_task(store: Store, deployment: Deployment, run_id: str, step_name: str, task_id: str) -> None:
+def register_task(
+    store: Store,
+    deployment: Deployment,
+    run_id: str,
+    step_name: str,
+    task_id: str,
+    extra_tags: Sequence[str] = (),
+) -> None:
     """Create the step and task records of a task about to run, whatever its id."""
-    tags = deployment.step_options(step_name).tags
+    tags = list(dict.fromkeys((*deployment.step_options(step_name).tags, *extra_tags)))
     with _METADATA_LOCK:
         internals.new_task(store.metadata, run_id, step_name, task_id, tags)
 

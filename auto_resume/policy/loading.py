@@ -19,8 +19,10 @@ from typing import Any, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from auto_resume.metaflow.decorator_specs import allowed_problem, spec_problem, tags_problem
 from auto_resume.policy.model import Policy
 
 POLICY_ENV_VAR = "AUTO_RESUME_POLICY"
@@ -77,13 +79,20 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _field(model: type[BaseModel], key: str) -> FieldInfo | None:
+    """The field a YAML key names: by its name, or its alias (``with``)."""
+    found = model.model_fields.get(key)
+    return found or next((f for f in model.model_fields.values() if f.alias == key), None)
+
+
 def _model_at(loc: _Loc) -> type[BaseModel]:
     """The model that holds the field at ``loc`` (list indices skipped)."""
     model: type[BaseModel] = Policy
     for part in loc:
-        if isinstance(part, int) or part not in model.model_fields:
+        found = None if isinstance(part, int) else _field(model, part)
+        if found is None:
             continue
-        inner = _model_of(model.model_fields[part].annotation)
+        inner = _model_of(found.annotation)
         if inner is None:
             break
         model = inner
@@ -141,7 +150,7 @@ def _example(loc: _Loc) -> str | None:
     if not names:
         return None
     model = _model_at(loc[: names[-1]])
-    field = model.model_fields.get(str(loc[names[-1]]))
+    field = _field(model, str(loc[names[-1]]))
     if field is None or not field.examples:
         return None
     return _as_yaml(field.examples[0])
@@ -158,7 +167,7 @@ def _explain(err: ErrorDetails) -> _Problem:
     if loc and loc[-1] == 0 and name == "flows":
         sample = "`- definitions_file: flows/my_flow_dagster.py`"
     if kind == "extra_forbidden":
-        fields = _model_at(loc[:-1]).model_fields
+        fields = {f.alias or name: f for name, f in _model_at(loc[:-1]).model_fields.items()}
         # Required ones first, then the file an entry names, then the rest in model order.
         allowed = sorted(
             fields, key=lambda f: (not fields[f].is_required(), f not in ("definitions_file", "flow_file"))
@@ -212,6 +221,30 @@ def _check_flows(policy: Policy, policy_dir: Path) -> list[_Problem]:
                 fix = "fix the path (it is relative to the policy file's directory)"
             problems.append(_Problem(what, fix, loc))
         seen.setdefault(path, i)
+    return problems
+
+
+def _check_changes(policy: Policy) -> list[_Problem]:
+    """Checks what resumes may change: each ``with`` spec against ``allowed_decorators`` and
+    Metaflow, each ``metaflow_tags`` list against Metaflow's limits, each allowed decorator."""
+    found: list[tuple[str, _Loc]] = []
+    for i, name in enumerate(policy.allowed_decorators):
+        found.append((allowed_problem(name) or "", ("allowed_decorators", i)))
+    layers: list[tuple[_Loc, Any]] = [(("defaults",), policy.defaults)]
+    layers += [(("overrides", i), layer) for i, layer in enumerate(policy.overrides)]
+    layers += [(("flows", i), layer) for i, layer in enumerate(policy.flows)]
+    for loc, layer in list(layers):
+        layers += [((*loc, "errors", i), rule) for i, rule in enumerate(layer.errors or ())]
+    for loc, layer in layers:
+        for i, spec in enumerate(layer.with_ or ()):
+            found.append((spec_problem(spec, policy.allowed_decorators) or "", (*loc, "with", i)))
+        if layer.metaflow_tags:
+            found.append((tags_problem(layer.metaflow_tags) or "", (*loc, "metaflow_tags")))
+    problems = []
+    for text, loc in found:
+        if text:
+            what, _, fix = text.partition("; fix: ")
+            problems.append(_Problem(what, fix, loc))
     return problems
 
 
@@ -298,6 +331,6 @@ def load_policy(path: Path | None = None) -> Policy:
         policy = Policy.model_validate(data, context={"policy_dir": policy_dir})
     except ValidationError as exc:
         raise _fail(path, [_explain(e) for e in exc.errors()], root) from exc
-    if problems := _check_flows(policy, policy_dir):
+    if problems := _check_flows(policy, policy_dir) + _check_changes(policy):
         raise _fail(path, problems, root)
     return policy

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from auto_resume.metaflow.decorator_specs import DEFAULT_ALLOWED_DECORATORS
 from auto_resume.policy.settings import (
     MERGED_KEY_BY_KEY,
     OVERRIDABLE,
@@ -164,6 +165,12 @@ class Policy(BaseModel):
         default=None,
         description="Notification hook called once per failed run given up.",
         examples=[{"command": ["/usr/local/bin/notify-oncall"]}],
+    )
+    allowed_decorators: tuple[str, ...] = Field(
+        default=DEFAULT_ALLOWED_DECORATORS,
+        description="Step decorators a resume may inject (`with`, in this file or in the run config "
+        "of a <job>_resume run typed in the Launchpad); any other is refused before a task runs.",
+        examples=[list(DEFAULT_ALLOWED_DECORATORS)],
     )
     defaults: Defaults = Field(
         default_factory=Defaults,

@@ -81,10 +81,44 @@ class Backoff(BaseModel):
     )
 
 
-class ErrorRule(BaseModel):
-    """Resume or never resume failures that match; every condition given must match."""
+def _one_or_many(value: object) -> object:
+    """A single text where a list is expected reads as a list of one."""
+    return (value,) if isinstance(value, str) else value
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+# How a resume may run differently from the origin (`metaflow resume --with/--tag`, a run timeout).
+# `Defaults` holds them per flow; an `ErrorRule` adds its own for the failures it matches.
+WITH_FIELD = Field(
+    default=(),
+    alias="with",
+    description="Decorator specs injected into every task a resume executes, not into clones, as "
+    "`metaflow resume --with` (a step with its own decorator of that name keeps it); only "
+    "allowed_decorators.",
+    examples=[["resources:memory=32000"]],
+)
+METAFLOW_TAGS_FIELD = Field(
+    default=(),
+    description="Metaflow tags of the Metaflow run a resume makes (`metaflow resume --tag`).",
+    examples=[["resumed-after-oom"]],
+)
+MAX_RUNTIME_FIELD = Field(
+    default=None,
+    ge=1,
+    strict=True,
+    description="A resume run still at work after this many seconds is stopped (Dagster's "
+    "dagster/max_runtime tag; needs run_monitoring in dagster.yaml).",
+    examples=[7200],
+)
+
+
+class ErrorRule(BaseModel):
+    """Resume or never resume failures that match; every condition given must match.
+
+    A ``resume`` rule may also say how that resume runs: ``with``, ``metaflow_tags``,
+    ``max_runtime_seconds`` (added to the flow's own) and ``from_step``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     action: Literal["resume", "never"] = Field(
         description="`never` gives the failure up at once.", examples=["never"]
@@ -108,11 +142,19 @@ class ErrorRule(BaseModel):
         description="Regular expression searched in the error message.",
         examples=[r"timed out after \d+ s"],
     )
+    with_: tuple[str, ...] = WITH_FIELD
+    metaflow_tags: tuple[str, ...] = METAFLOW_TAGS_FIELD
+    max_runtime_seconds: int | None = MAX_RUNTIME_FIELD
+    from_step: str | None = Field(
+        default=None,
+        description="Re-run this Metaflow step and every step after it, even where they completed.",
+        examples=["start"],
+    )
 
-    @field_validator("reason", mode="before")
+    @field_validator("reason", "with_", "metaflow_tags", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
-        return (value,) if isinstance(value, str) else value
+        return _one_or_many(value)
 
     @field_validator("step", "exception")
     @classmethod
@@ -138,6 +180,21 @@ class ErrorRule(BaseModel):
             raise ValueError(
                 "the rule matches every failure; fix: add `reason`, `step`, `exception` or `message`, "
                 "or use `enabled` / `max_attempts` to stop all resumes"
+            )
+        changes = [
+            name
+            for name, value in (
+                ("with", self.with_),
+                ("metaflow_tags", self.metaflow_tags),
+                ("max_runtime_seconds", self.max_runtime_seconds),
+                ("from_step", self.from_step),
+            )
+            if value
+        ]
+        if self.action == "never" and changes:
+            raise ValueError(
+                f"a `never` rule launches no resume, so its {', '.join(changes)} would never apply; "
+                "fix: use `action: resume`, or remove them"
             )
         return self
 
@@ -319,14 +376,19 @@ def check_tags(value: dict[str, str] | None) -> dict[str, str] | None:
 
 
 class _FlowSettingsModel(BaseModel):
-    """What `Defaults` and `Overrides` share: the config and the check of ``tags``."""
+    """What `Defaults` and `Overrides` share: the config and the checks of ``tags`` and lists."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     @field_validator("tags", check_fields=False)
     @classmethod
     def _valid_tags(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return check_tags(value)
+
+    @field_validator("with_", "metaflow_tags", mode="before", check_fields=False)
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return _one_or_many(value)
 
 
 # Every per-flow setting is declared here, once: `Overrides` is built from these fields.
@@ -376,9 +438,12 @@ class Defaults(_FlowSettingsModel):
     )
     tags: dict[str, str] = Field(
         default_factory=dict,
-        description="Tags added to resume runs.",
+        description="Dagster tags added to resume runs.",
         examples=[{"team/owner": "ml-platform"}],
     )
+    with_: tuple[str, ...] = WITH_FIELD
+    metaflow_tags: tuple[str, ...] = METAFLOW_TAGS_FIELD
+    max_runtime_seconds: int | None = MAX_RUNTIME_FIELD
 
 
 # Settings that an override adds to, key by key, instead of replacing them.
@@ -393,7 +458,8 @@ def _optional(name: str, field: FieldInfo) -> tuple[Any, Any]:
     verb = "Added to (and win over)" if name in MERGED_KEY_BY_KEY else "Replaces"
     override = Field(
         default=None,
-        description=f"{verb} defaults.{name}; null inherits it.",
+        alias=field.alias,
+        description=f"{verb} defaults.{field.alias or name}; null inherits it.",
         examples=field.examples,
     )
     return inner | None, override

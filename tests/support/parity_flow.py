@@ -1,9 +1,10 @@
 """start -> process -> body (a foreach) -> join -> end: what the parity tests compare.
 
 Each execution of a step's code appends ``<run id> <current.origin_run_id>`` to
-``<workdir>/<step>[-<index>].origin`` and prints one line to stdout and one to stderr; ``start``
-and ``body`` carry a card. The step (or ``body:<index>``) named in ``fail_at`` fails its first
-``fail_times`` executions.
+``<workdir>/<step>[-<index>].origin`` and ``$AUTO_RESUME_INJECTED`` (``-`` when unset) to
+``.injected``, and prints one line to stdout and one to stderr; ``start`` and ``body`` carry a
+card. The step (or ``body:<index>``) named in ``fail_at`` fails its first ``fail_times``
+executions.
 """
 
 import os
@@ -23,6 +24,8 @@ class ParityFlow(FlowSpec):
         os.makedirs(self.workdir, exist_ok=True)
         with open(os.path.join(self.workdir, name + ".origin"), "a") as out:
             out.write(f"{current.run_id} {current.origin_run_id}\n")
+        with open(os.path.join(self.workdir, name + ".injected"), "a") as out:
+            out.write(os.environ.get("AUTO_RESUME_INJECTED", "-") + "\n")  # set by a resume's --with
         print(f"stdout of {name}")
         print(f"stderr of {name}", file=sys.stderr)
         failures = os.path.join(self.workdir, name + ".failures")
