@@ -299,7 +299,25 @@ def test_validate_json_good_policy(tmp_path: Path, capsys: pytest.CaptureFixture
         "policy": str(policy),
         "valid": True,
         "resume_jobs": ["LinearFlow_resume"],
+        "refused": [],
     }
+
+
+def test_validate_names_a_refused_flow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A flow auto-resume cannot resume is refused alone: the policy is valid, the others load."""
+    linear = GENERATED / "linear_flow_dagster.py"
+    remote = tmp_path / "remote_dagster.py"
+    remote.write_text(linear.read_text() + '\nSTEP_DECORATOR_SPECS = {"process": ["batch"]}\n')
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nflows:\n  - definitions_file: {linear}\n  - definitions_file: {remote}\n")
+
+    assert main(["validate", str(policy)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{policy}: valid; resume jobs: LinearFlow_resume\n")
+    assert f"refused: flows[1].definitions_file: {remote}: step 'process' uses @batch" in out
+    assert main(["validate", str(policy), "--json"]) == 0
+    refused = json.loads(capsys.readouterr().out)["refused"]
+    assert len(refused) == 1 and "@batch" in refused[0]
 
 
 def test_validate_json_bad_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

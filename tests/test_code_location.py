@@ -210,3 +210,94 @@ def test_flow_file_that_is_not_a_flow_names_the_entry(tmp_path: Path) -> None:
         build_definitions(policy)
     message = str(info.value)
     assert "flows[0].flow_file" in message and "defines 0 flow classes" in message
+
+
+# --- flows auto-resume cannot resume are refused one by one -------------------------------------
+
+LAUNCHED_ELSEWHERE_FLOW = """
+from metaflow import FlowSpec, kubernetes, step
+
+
+class RemoteFlow(FlowSpec):
+    @kubernetes(cpu=2)
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    RemoteFlow()
+"""
+
+
+def test_a_flow_that_cannot_be_resumed_is_refused_alone(tmp_path: Path) -> None:
+    """The other flows keep their resume jobs; the refusal names the entry, the step and why."""
+    text = generated("linear_flow_dagster.py").read_text()
+    remote = tmp_path / "remote_dagster.py"
+    # The same flow deployed with @kubernetes on one step (the last assignment counts).
+    remote.write_text(text + '\nSTEP_DECORATOR_SPECS = {"process": ["kubernetes:cpu=2"]}\n')
+    remote_file = tmp_path / "remote_flow.py"
+    remote_file.write_text(LAUNCHED_ELSEWHERE_FLOW)
+    policy = write_policy(tmp_path, generated("linear_flow_dagster.py"), remote)
+    policy.write_text(policy.read_text() + f"  - flow_file: {remote_file}\n")
+
+    refused: list[str] = []
+    defs = build_definitions(policy, refused=refused)
+
+    assert sorted(job.name for job in defs.resolve_all_job_defs()) == ["LinearFlow_resume"]
+    assert len(refused) == 2
+    assert refused[0].startswith("flows[1].definitions_file: ")
+    assert str(remote) in refused[0] and "'process' uses @kubernetes" in refused[0]
+    assert refused[1].startswith("flows[2].flow_file: ")
+    assert "'start' uses @kubernetes" in refused[1]
+    # Without a list to report to, the location loads all the same.
+    assert [job.name for job in build_definitions(policy).resolve_all_job_defs()] == ["LinearFlow_resume"]
+
+
+CONFIG_FLOW = """
+from metaflow import Config, FlowSpec, step
+
+
+class ConfiguredFlow(FlowSpec):
+    settings = Config("settings", default_value={"a": 1})
+
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    ConfiguredFlow()
+"""
+
+
+@pytest.mark.parametrize(
+    ("flow_file", "uses"),
+    [
+        (REPO_ROOT / "tests" / "e2e" / "flows" / "config_mutator_flow.py", "a FlowMutator"),
+        (None, "a Config"),
+    ],
+)
+def test_flow_file_entry_with_configs_or_mutators_is_refused(
+    tmp_path: Path, flow_file: Path | None, uses: str
+) -> None:
+    """Their steps, parameters and decorators exist only once Metaflow has processed the configs:
+    auto-resume cannot build their job from the class as written; metaflow-dagster can."""
+    if flow_file is None:
+        flow_file = tmp_path / "configured_flow.py"
+        flow_file.write_text(CONFIG_FLOW)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nflows:\n  - flow_file: {flow_file}\n")
+    refused: list[str] = []
+    defs = build_definitions(policy, refused=refused)
+    assert defs.resolve_all_job_defs() == []
+    assert len(refused) == 1 and refused[0].startswith("flows[0].flow_file: ")
+    assert uses in refused[0] and "dagster create" in refused[0] and "definitions_file" in refused[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.errors import UnsupportedFlowError
 from auto_resume.core.flow_shape import FlowShape, OriginTask, StepShape
 from auto_resume.core.resume_plan import TaskInstance, TaskRecord, instances_for, plan_step, task_id_for
 from auto_resume.metaflow.flows import load_flow_shape
@@ -374,7 +374,8 @@ def test_unsupported_shapes_are_refused_at_load(
 ) -> None:
     flow_file = tmp_path / f"{flow_name.lower()}.py"
     flow_file.write_text(source)
-    with pytest.raises(MetaflowAccessError) as info:
+    # UnsupportedFlowError: the code location refuses that flow alone and loads the others.
+    with pytest.raises(UnsupportedFlowError) as info:
         load_flow_shape(flow_file, flow_name)
     assert fragment in str(info.value)
     assert "remove the flow from the policy" in str(info.value)

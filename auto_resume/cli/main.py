@@ -84,8 +84,9 @@ def _validate(args: argparse.Namespace) -> int:
     from auto_resume.policy.loading import PolicyError, default_policy_path
 
     path = Path(args.policy) if args.policy else default_policy_path()
+    refused: list[str] = []
     try:
-        defs = build_definitions(path)
+        defs = build_definitions(path, refused=refused)
     except PolicyError as exc:
         if args.json:
             problems = list(exc.problems) or [str(exc)]
@@ -94,10 +95,13 @@ def _validate(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
         return EXIT_FAILURE
     jobs = sorted(job.name for job in defs.resolve_all_job_defs())
+    # A flow auto-resume cannot resume is refused alone (no resume job); the others load.
     _emit(
         args,
-        {"policy": str(path), "valid": True, "resume_jobs": jobs},
-        f"{path}: valid; resume jobs: {', '.join(jobs) or 'none'}",
+        {"policy": str(path), "valid": True, "resume_jobs": jobs, "refused": refused},
+        "\n".join(
+            [f"{path}: valid; resume jobs: {', '.join(jobs) or 'none'}", *(f"refused: {r}" for r in refused)]
+        ),
     )
     return EXIT_OK
 
@@ -280,7 +284,7 @@ def _add_validate(commands: Any) -> None:
     validate.add_argument(
         "--json",
         action="store_true",
-        help='print {"policy", "valid", "resume_jobs"} or {"policy", "valid": false, "problems"}',
+        help='print {"policy", "valid", "resume_jobs", "refused"} or {"policy", "valid": false, "problems"}',
     )
 
 

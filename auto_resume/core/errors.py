@@ -8,3 +8,10 @@ type, so that the sensor, the resume job and the CLI handle both with one ``exce
 
 class MetaflowAccessError(Exception):
     """Metaflow data is missing, unreadable or inconsistent with the request."""
+
+
+class UnsupportedFlowError(MetaflowAccessError):
+    """A flow auto-resume cannot resume (how it is launched, or how it is built at run time).
+
+    The code location refuses that flow alone, with this message, and loads the others.
+    """

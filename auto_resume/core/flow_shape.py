@@ -8,7 +8,7 @@ import graphlib
 import re
 from dataclasses import dataclass
 
-from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.errors import MetaflowAccessError, UnsupportedFlowError
 
 _STEP_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
@@ -70,7 +70,7 @@ class TaskOutcome:
 def topological(steps: list[StepShape]) -> tuple[StepShape, ...]:
     """``steps`` in an order where every step follows the steps it reads from.
 
-    Ties keep the order of ``steps``. Raises MetaflowAccessError for a recursive step (a switch
+    Ties keep the order of ``steps``. Raises UnsupportedFlowError for a recursive step (a switch
     that goes back to itself or an earlier step), which metaflow-dagster cannot run either.
     """
     by_name = {s.name: s for s in steps}
@@ -81,7 +81,9 @@ def topological(steps: list[StepShape]) -> tuple[StepShape, ...]:
     try:
         sorter.prepare()
     except graphlib.CycleError as exc:
-        raise MetaflowAccessError("flow graph has a cycle; recursive steps are not supported") from exc
+        raise UnsupportedFlowError(
+            "flow graph has a cycle; recursive steps are not supported: remove the flow from the policy"
+        ) from exc
     ordered: list[StepShape] = []
     while sorter.is_active():
         ready = sorted(sorter.get_ready(), key=index.__getitem__)
@@ -93,7 +95,7 @@ def topological(steps: list[StepShape]) -> tuple[StepShape, ...]:
     for shape in ordered:
         back = [name for name in shape.out_funcs if position.get(name, len(ordered)) <= position[shape.name]]
         if back:
-            raise MetaflowAccessError(
+            raise UnsupportedFlowError(
                 f"step {shape.name!r} goes back to {', '.join(back)}: recursive steps are not "
                 "supported by metaflow-dagster or auto-resume; remove the flow from the policy"
             )

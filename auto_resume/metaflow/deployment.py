@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auto_resume.core.errors import UnsupportedFlowError
+
 _CONSTANTS = (
     "FLOW_FILE",
     "FLOW_NAME",
@@ -33,6 +35,10 @@ UNSUPPORTED_STEP_DECORATORS = frozenset(
 
 class DeploymentError(Exception):
     """A definitions file is not one metaflow-dagster generated, or cannot be read."""
+
+
+class UnsupportedDeploymentError(DeploymentError, UnsupportedFlowError):
+    """A definitions file of a flow auto-resume cannot resume: refused for that flow alone."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,7 @@ def _check_decorators(
             for spec in specs:
                 name = decorator_name(str(spec))
                 if name in UNSUPPORTED_STEP_DECORATORS:
-                    raise DeploymentError(
+                    raise UnsupportedDeploymentError(
                         f"{definitions_file}: step {step_name!r} uses @{name}, which changes how "
                         "the step is launched; auto-resume runs steps locally with the plain "
                         "Metaflow command and cannot resume this flow: remove the flow from the "

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from auto_resume.core.errors import MetaflowAccessError
+from auto_resume.core.errors import MetaflowAccessError, UnsupportedFlowError
 from auto_resume.core.flow_shape import FlowShape, StepShape, topological
 from auto_resume.metaflow import internals
 from auto_resume.metaflow.commands import default_top_args
@@ -122,7 +122,7 @@ def _flow_shape(flow_class: Any, flow_file: Path) -> FlowShape:
     for node in graph.sorted_nodes:
         shape = graph[node] if isinstance(node, str) else node
         if shape.parallel_step or shape.parallel_foreach or shape.type == "split-parallel":
-            raise MetaflowAccessError(
+            raise UnsupportedFlowError(
                 f"flow {flow_name} in {flow_file}: step {shape.name!r} is a @parallel step (or "
                 "starts one), which metaflow-dagster and auto-resume do not support; remove the "
                 "flow from the policy"
@@ -165,11 +165,19 @@ def load_flow_file(flow_file: Path, flow_name: str | None = None) -> FlowFile:
     ``dagster create`` resolves it when it writes a definitions file.
 
     Raises:
-        MetaflowAccessError: The file cannot be imported, names no single flow, or uses a step
-            decorator that changes how a step is launched.
+        MetaflowAccessError: The file cannot be imported or names no single flow.
+        UnsupportedFlowError: The flow uses a step decorator that changes how a step is
+            launched, or configs or mutators (which a definitions file handles).
     """
     flow_class = _flow_class(flow_file, flow_name)
     shape = _flow_shape(flow_class, flow_file)
+    if features := internals.run_time_features(flow_class, [step.name for step in shape.steps]):
+        raise UnsupportedFlowError(
+            f"flow {shape.name} in {flow_file} uses {', '.join(features)}: its parameters and step "
+            "decorators exist only once Metaflow has read its configs, and auto-resume builds a "
+            "flow_file job from the class as written; compile it with metaflow-dagster "
+            "(`python <flow>.py dagster create <file>`) and list that file as `definitions_file:`"
+        )
     retries, environment = _step_decorators(flow_class, shape, flow_file)
     configuration = default_configuration()
     return FlowFile(
@@ -200,7 +208,7 @@ def _step_decorators(
         for decorator in getattr(function, "decorators", []):
             name = getattr(decorator, "name", "")
             if name in UNSUPPORTED_STEP_DECORATORS:
-                raise MetaflowAccessError(
+                raise UnsupportedFlowError(
                     f"flow {shape.name} in {flow_file}: step {step.name!r} uses @{name}, which "
                     "changes how the step is launched; auto-resume runs steps as local "
                     "subprocesses only: remove the flow from the policy"

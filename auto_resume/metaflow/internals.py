@@ -37,6 +37,28 @@ def mutated_flow_class(value: Any) -> Any:
     return value
 
 
+def run_time_features(flow_class: Any, step_names: Sequence[str]) -> list[str]:
+    """What of a flow class Metaflow builds only once its configs are read: [] if nothing.
+
+    Its ``Config`` parameters, ``FlowMutator``s and ``StepMutator``s: Metaflow's CLI evaluates
+    the configs and runs the mutators (``_process_config_decorators``), which may add
+    parameters and decorators; the class as imported does not show them. The flow mutators are
+    in the private flow state; the step mutators in each step's ``config_decorators``.
+    """
+    from metaflow.flowspec import FlowStateItems
+
+    parameters = flow_class._get_parameters()
+    found = [f"a Config ({param.name})" for _, param in parameters if param.IS_CONFIG_PARAMETER]
+    found += [
+        f"a FlowMutator ({type(mutator).__name__})"
+        for mutator in flow_class._flow_state[FlowStateItems.FLOW_MUTATORS]
+    ]
+    for name in step_names:
+        for mutator in getattr(getattr(flow_class, name), "config_decorators", None) or ():
+            found.append(f"a StepMutator on {name} ({type(mutator).__name__})")
+    return found
+
+
 def provider_at(provider_class: Any, storage_class: Any) -> Any:
     """A subclass of a metadata provider that keeps its records under ``storage_class``'s root.
 
