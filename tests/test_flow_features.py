@@ -1,4 +1,5 @@
-"""Flows that use Metaflow's newer features resume like any other: ``Config`` with mutators, ``@project``.
+"""Flows that use Metaflow's features resume like any other: ``Config`` with mutators, ``@project``,
+``@timeout`` and ``@resources``, user step decorators.
 
 Each flow of ``tests/e2e/flows`` is compiled by metaflow-dagster into a datastore of the test's
 own; its job fails once (in a Python child, ``tests.support.in_child``) and ``<job>_resume``
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,34 @@ def test_config_and_mutators_flow_resumes_with_its_config(tmp_path: Path) -> Non
     }
     ended = client_probe(_PROBE, flow, resume, "end", *names, env=env)["artifacts"]
     assert ended == after["artifacts"]  # the executed end task saw the origin's config and values
+
+
+def test_timeout_and_resources_hold_in_the_resume(tmp_path: Path) -> None:
+    """@timeout stops the re-executed task too; @resources reaches it as metaflow-dagster passes it."""
+    sysroot = tmp_path / "datastore"
+    sysroot.mkdir()
+    env = _environment(sysroot)
+    definitions = tmp_path / "limits_flow_dagster.py"
+    compile_definitions(FLOWS / "limits_flow.py", definitions, env)
+    deployment = read_deployment(definitions)
+    assert deployment.step_options("slow").with_decorators == ("resources:cpu=1,memory=512",)
+
+    workdir = tmp_path / "counters"
+    # slow hangs on its first two runs: in the origin and in the first resume.
+    params = json.dumps({"hang_runs": 2, "workdir": str(workdir)})
+    started = time.monotonic()
+    origin = run_in_child("origin", env, tmp_path, str(definitions), params)
+    assert origin["success"] is False and time.monotonic() - started < 60  # not the 120 s sleep
+    started = time.monotonic()
+    first = run_in_child("resume", env, tmp_path, str(definitions), make_run_id(origin["run_id"]))
+    assert first["success"] is False and time.monotonic() - started < 60
+    second = run_in_child("resume", env, tmp_path, str(definitions), make_run_id(first["run_id"]))
+    assert second["success"] is True, second
+    assert _counts(workdir) == {"start": 1, "slow": 3, "end": 1}
+    assert any(line.startswith("step start: 1 task(s) cloned") for line in second["summary"])
+
+    view = client_probe(_PROBE, deployment.flow_name, make_run_id(second["run_id"]), "end", "took", env=env)
+    assert view["successful"] is True and view["artifacts"]["took"] >= 0  # the user decorator ran
 
 
 @pytest.fixture(autouse=True)
