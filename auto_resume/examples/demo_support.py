@@ -1,8 +1,9 @@
 """Side effects the example flows leave, so tests and the demo can see what really ran.
 
-Every execution of a step's code appends a line to ``<workdir>/<step>[-<index>].count``; a step
-named in ``fail_at`` (``process``, or ``body:3`` for one foreach item) fails the first time it
-runs and succeeds afterwards. With an empty ``workdir`` both are off.
+Every execution of a step's code appends a line to ``<workdir>/<step>[-<index>].count``
+(``ran``, with the value of ``AUTO_RESUME_INJECTED`` when a resume's injected decorator set it);
+a step named in ``fail_at`` (``process``, or ``body:3`` for one foreach item) fails the first
+time it runs and succeeds afterwards. With an empty ``workdir`` both are off.
 """
 
 import os
@@ -13,8 +14,10 @@ def record_and_maybe_fail(workdir, fail_at, step, index=None):
         return
     os.makedirs(workdir, exist_ok=True)
     name = step if index is None else f"{step}-{index}"
+    # A resume's injected `environment` decorator shows on the line of the execution it reached.
+    injected = os.environ.get("AUTO_RESUME_INJECTED")
     with open(os.path.join(workdir, name + ".count"), "a") as counter:
-        counter.write("ran\n")
+        counter.write(f"ran with AUTO_RESUME_INJECTED={injected}\n" if injected else "ran\n")
     target = step if index is None else f"{step}:{index}"
     marker = os.path.join(workdir, name + ".failed-once")
     if target in fail_at.split(",") and not os.path.exists(marker):
