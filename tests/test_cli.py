@@ -27,11 +27,13 @@ from dagster import (
 )
 
 from auto_resume.cli.main import build_parser, main
+from auto_resume.core.resume_changes import ResumeChanges
 from auto_resume.dagster import tags
 from tests.support import BIN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"
+RULE_CHANGES = ResumeChanges(with_specs=("resources:memory=32000",), because=("errors[0]",))
 
 
 @op(config_schema={"metaflow_run_id": str, "fail": bool})
@@ -159,6 +161,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             run_tags=_resume_tags(exhausted, exhausted, 1, "dagster-cccccccccccc"),
         )
         instance.add_run_tags(resume_failed, {tags.GAVE_UP: "max_attempts (1) reached for this lineage"})
+        # An error rule of the policy had that resume run with more memory.
+        instance.add_run_tags(resume_failed, {tags.CHANGES: RULE_CHANGES.as_json()})
         refused = _execute(instance, other_flow, "dagster-eeeeeeeeeeee", fail=True)
         instance.add_run_tags(refused, {tags.GAVE_UP: "OtherFlow is not in the policy"})
         in_flight = _execute(instance, tiny_flow, "dagster-ffffffffffff", fail=True)
@@ -219,6 +223,8 @@ def test_history_json_outcomes(in_home: Runs, capsys: pytest.CaptureFixture[str]
     assert exhausted["outcome"] == "gave_up"
     assert exhausted["reason"] == "max_attempts (1) reached for this lineage"
     assert [a["status"] for a in exhausted["attempts"]] == ["FAILURE"]
+    assert exhausted["attempts"][0]["changes"] == json.loads(RULE_CHANGES.as_json())
+    assert by_root[in_home.resumed]["attempts"][0]["changes"] is None
 
     refused = by_root[in_home.refused]
     assert (refused["job_name"], refused["outcome"]) == ("OtherFlow", "gave_up")
@@ -261,6 +267,8 @@ def test_history_text(in_home: Runs, capsys: pytest.CaptureFixture[str]) -> None
         "1",
     ]
     assert "OtherFlow" not in out
+    changed = next(line for line in out.splitlines() if in_home.resume_failed in line)
+    assert changed.endswith('changes {"with": ["resources:memory=32000"]} (errors[0])')
 
     assert main(["history", "NoSuchFlow"]) == 0
     assert capsys.readouterr().out.strip() == "no resume lineages of NoSuchFlow in this instance"

@@ -7,8 +7,9 @@ refused outright (flow disabled, no Metaflow run id, ...) has no resume run, onl
 ``auto_resume/gave_up`` tag; it is a lineage of its own too.
 """
 
+import json
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from dagster import (
     DagsterEventType,
@@ -61,6 +62,11 @@ class RunSummary(BaseModel):
     tasks_executed: int | None = Field(description="Tasks executed, all steps; None for the original run.")
     steps: tuple[StepCounts, ...] = Field(description="Per-step counts, in the order the steps finished.")
     gave_up: str | None = Field(description="Why auto-resume will not resume this run (auto_resume/gave_up).")
+    changes: dict[str, Any] | None = Field(
+        default=None,
+        description="How a resume ran differently from its origin, and the policy settings that asked "
+        "(auto_resume/changes: with, metaflow_tags, max_runtime_seconds, from_step, because).",
+    )
 
 
 class Lineage(BaseModel):
@@ -228,7 +234,16 @@ def _summary(
         tasks_executed=sum(s.executed for s in steps) if counted else None,
         steps=steps,
         gave_up=run.tags.get(tags.GAVE_UP),
+        changes=_changes(run.tags.get(tags.CHANGES)),
     )
+
+
+def _changes(text: str | None) -> dict[str, Any] | None:
+    try:
+        found = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _outcome(newest: RunSummary) -> tuple[Outcome, str | None]:

@@ -252,4 +252,8 @@ def _format_run(label: str, run: RunSummary) -> str:
     parts = [f"  {label:<10} {run.run_id}  {run.status:<9}", f"metaflow {run.metaflow_run_id or '-'}"]
     if run.tasks_cloned is not None:
         parts.append(f"cloned {run.tasks_cloned}, executed {run.tasks_executed}")
+    if run.changes:
+        shown = {key: value for key, value in run.changes.items() if key != "because"}
+        because = ", ".join(run.changes.get("because") or ())
+        parts.append(f"changes {json.dumps(shown, sort_keys=True)}" + (f" ({because})" if because else ""))
     return "  ".join(parts)
