@@ -30,7 +30,8 @@ exit status:
   2  usage error: unknown command or option, bad option value
 
 environment:
-  DAGSTER_HOME         directory of the Dagster instance's dagster.yaml (history, explain, resume)
+  DAGSTER_HOME         directory of the Dagster instance's dagster.yaml (history, explain, resume,
+                       backtest)
   DAGSTER_PG_URL       PostgreSQL URL that the repo's dagster.yaml reads
   AUTO_RESUME_POLICY   policy file (default ./policy.yaml)
 
@@ -41,6 +42,7 @@ examples:
   auto-resume explain 4dcbbd80-5b1e-4c55-9d4e-1f0a3c2b7e61
   auto-resume resume 4dcbbd80-5b1e-4c55-9d4e-1f0a3c2b7e61 --dry-run
   auto-resume resume 4dcbbd80-5b1e-4c55-9d4e-1f0a3c2b7e61 --from-step train --force
+  auto-resume backtest --since 7d --against strict-policy.yaml
 """
 
 
@@ -170,6 +172,24 @@ def _resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _backtest(args: argparse.Namespace) -> int:
+    from auto_resume.cli.backtest import BacktestError, backtest
+    from auto_resume.cli.backtest_report import backtest_document, format_backtest
+    from auto_resume.policy.loading import default_policy_path
+
+    policy = Path(args.policy) if args.policy else default_policy_path()
+    against = Path(args.against) if args.against else None
+    instance = _open_instance()
+    try:
+        result = backtest(instance, policy, against=against, since=args.since, job=args.job)
+    except BacktestError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        instance.dispose()
+    _emit(args, backtest_document(result), format_backtest(result))
+    return EXIT_OK
+
+
 def _check_run_id(check: Callable[[str], str], run_id: str, error: type[Exception]) -> None:
     # Before the instance is opened: a typo should not wait for the database.
     try:
@@ -233,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_history(commands)
     _add_explain(commands)
     _add_resume(commands)
+    _add_backtest(commands)
     _add_ui(commands)
     return parser
 
@@ -408,6 +429,52 @@ def _add_resume(commands: Any) -> None:
         action="store_true",
         help='print what explain --json prints, plus "resume": {"job_name", "run_config", "tags", '
         '"run_key", "notes", "dry_run", "requested", "run_id", "manual", "pending"}',
+    )
+
+
+def _duration(text: str) -> float:
+    from auto_resume.cli.backtest import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_backtest(commands: Any) -> None:
+    backtest = _subparser(
+        commands,
+        "backtest",
+        "replay the policy over the instance's past failures: what it would have done, beside what happened",
+        "Reads the failures of the policy's flows from the Dagster instance of $DAGSTER_HOME, with "
+        "their lineages (a failure and the failures of its resumes), times and failure facts, and "
+        "decides each one in time order as auto_resume_sensor would have at the failure's time: "
+        "resume, wait (and for how long: backoff, time window, in-flight cap), skip or give up, "
+        "and why; beside it, what happened (the resume runs that exist, the give-up or observe "
+        "tag). With --against, the same under a second policy and the failures the two decide "
+        "differently. Compute: the recorded wall-clock durations of the resume runs each policy "
+        "would have made or not made. Launches nothing, writes nothing. Exit status 0 when "
+        "replayed; 1 for an invalid policy or an instance that cannot be opened.",
+        _backtest,
+    )
+    backtest.add_argument("--policy", metavar="FILE", help=_POLICY_HELP)
+    backtest.add_argument(
+        "--against", metavar="FILE", help="a second policy file to replay and compare with the first"
+    )
+    backtest.add_argument(
+        "--since",
+        type=_duration,
+        default="7d",
+        metavar="DURATION",
+        help="lineages whose original failure is this recent: 90m, 12h, 7d, 2w (default 7d)",
+    )
+    backtest.add_argument(
+        "--job", metavar="JOB", help="only this flow's job (or its <job>_resume), e.g. LinearFlow"
+    )
+    backtest.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"policy", "against", "since", "until", "flows": [...], "compute", "differences"}',
     )
 
 
