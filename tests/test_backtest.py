@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance, JobDefinition, build_sensor_context
@@ -29,9 +30,12 @@ from auto_resume.cli.backtest import (
     WAITING,
     History,
     PastFailure,
+    PastLineage,
     RecordedRun,
+    Watched,
     backtest,
     parse_duration,
+    replay,
     replay_failure,
 )
 from auto_resume.cli.main import main
@@ -132,12 +136,12 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorde
         yield history, policy
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
     status = main(["backtest", *argv, "--json"])
     return status, json.loads(capsys.readouterr().out)
 
 
-def _failures(document: dict) -> dict[str, dict]:
+def _failures(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {failure["run_id"]: failure for flow in document["flows"] for failure in flow["failures"]}
 
 
@@ -281,9 +285,10 @@ def _run(run_id: str, created: float, ended: float | None, job: str = "LinearFlo
     return RecordedRun(run_id, f"{job}_resume", job, None, "SUCCESS", None, created, ended, None)
 
 
-def _rules(**settings: object) -> tuple[EffectiveFlowSettings, Policy]:
-    policy = Policy.model_validate({"version": 1, **settings.pop("policy", {})})  # type: ignore[arg-type]
-    return EffectiveFlowSettings.model_validate(settings), policy
+def _rules(policy: dict[str, Any] | None = None, **settings: Any) -> tuple[EffectiveFlowSettings, Policy]:
+    return EffectiveFlowSettings.model_validate(settings), Policy.model_validate(
+        {"version": 1, **(policy or {})}
+    )
 
 
 def _history(*runs: RecordedRun, until: float = T0 + 86400) -> History:
@@ -323,3 +328,57 @@ def test_replay_waits_for_the_time_window() -> None:
     replayed = replay_failure(_failure(), "LinearFlow", rules, policy, _history(until=T0 + 3600))
     assert (replayed.action, replayed.agrees_with(_failure())) == (WAITING, True)
     assert _failure().happened == NONE
+
+
+# --- a whole lineage, on plain data ---------------------------------------------------------------
+
+
+def _lineage() -> tuple[PastLineage, RecordedRun, RecordedRun]:
+    """An original failure resumed by a run that failed, resumed again by one that succeeded."""
+    first = RecordedRun("r1", "LinearFlow_resume", "LinearFlow", "f0", "FAILURE", None, T0 + 1, T0 + 31, 30.0)
+    second = RecordedRun(
+        "r2", "LinearFlow_resume", "LinearFlow", "r1", "SUCCESS", None, T0 + 40, T0 + 60, 20.0
+    )
+    original = FailedRun("f0", "LinearFlow", "dagster-0123456789ab", None, 0, failed_at=T0)
+    again = FailedRun("r1", "LinearFlow_resume", "dagster-1123456789ab", "f0", 1, failed_at=T0 + 31)
+    failures = (PastFailure(original, (first,), None, None), PastFailure(again, (second,), None, None))
+    return PastLineage("LinearFlow", "f0", failures), first, second
+
+
+def _watched(policy: dict[str, object]) -> Watched:
+    loaded = Policy.model_validate({"version": 1, **policy})
+    rules = EffectiveFlowSettings.model_validate(loaded.defaults.model_dump())
+    return Watched(Path("p.yaml"), loaded, {"LinearFlow": "LinearFlow"}, {"LinearFlow": rules})
+
+
+def test_replay_of_a_lineage_follows_it_until_the_policy_stops() -> None:
+    lineage, first, second = _lineage()
+    history = _history(first, second)
+    # As it happened: both failures resumed, both resume runs made.
+    done = replay(lineage, history, _watched({}))
+    assert [r.action for r in done.replayed] == ["resume", "resume"]
+    assert (done.compute.runs, done.compute.seconds, done.compute.not_made) == (2, 50.0, 0)
+    # One attempt only: the second resume would not have been made.
+    strict = replay(lineage, history, _watched({"defaults": {"max_attempts": 1}}))
+    assert [r.action for r in strict.replayed] == ["resume", "give_up"]
+    assert "max_attempts (1) spent" in strict.replayed[1].reason
+    assert (strict.compute.runs, strict.compute.not_made, strict.compute.saved_seconds) == (1, 1, 20.0)
+    # Observe mode launches nothing: the lineage ends at its first failure.
+    observe = replay(lineage, history, _watched({"defaults": {"mode": "observe"}}))
+    assert [(r.action, r.observe) for r in observe.replayed] == [("resume", True), (NOT_REACHED, False)]
+    assert (observe.compute.runs, observe.compute.not_made, observe.compute.saved_seconds) == (0, 2, 50.0)
+
+
+def test_replay_estimates_a_resume_that_never_ran_from_the_flow_s_resume_runs() -> None:
+    lineage, first, second = _lineage()
+    # The second failure was given up on; a looser policy resumes it: 25 s, the median.
+    given_up = PastLineage(
+        "LinearFlow", "f0", (lineage.failures[0], PastFailure(lineage.failures[1].facts, (), "spent", None))
+    )
+    looser = replay(given_up, _history(first, second), _watched({"defaults": {"max_attempts": 3}}))
+    assert [r.action for r in looser.replayed] == ["resume", "resume"]
+    assert (looser.compute.extra, looser.compute.extra_seconds) == (1, 25.0)
+    # A flow the policy does not list is skipped: the sensor does not watch it.
+    unwatched = replay(lineage, _history(first, second), Watched(Path("p.yaml"), Policy(version=1), {}, {}))
+    assert unwatched.replayed[0].action == "skip"
+    assert unwatched.replayed[0].reason == "LinearFlow is not in the policy p.yaml"

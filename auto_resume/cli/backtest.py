@@ -194,7 +194,7 @@ class Backtest:
 
 
 @dataclass(frozen=True)
-class _Watched:
+class Watched:
     """A policy as the replay reads it: each watched flow's settings, by the flow's job."""
 
     path: Path
@@ -225,7 +225,7 @@ def backtest(
         BacktestError: A policy is invalid, or a flow it lists cannot be read.
     """
     now = time.time() if now is None else now
-    policies = [_watched(policy_path)] + ([_watched(against)] if against is not None else [])
+    policies = [read_policy(policy_path)] + ([read_policy(against)] if against is not None else [])
     flow_jobs = {name: flow for watched in policies for name, flow in watched.flow_jobs.items()}
     if job is not None:
         flow_jobs = {name: flow for name, flow in flow_jobs.items() if job in (flow, f"{flow}_resume")}
@@ -242,7 +242,7 @@ def backtest(
     )
 
 
-def _watched(path: Path) -> _Watched:
+def read_policy(path: Path) -> Watched:
     """Read a policy and every flow it lists, as the code location does."""
     try:
         policy = load_policy(path)
@@ -259,7 +259,7 @@ def _watched(path: Path) -> _Watched:
             raise BacktestError(f"{path}: flows[{index}].{entry.source_field}: {exc}") from exc
         flow_jobs[deployment.job_name] = flow_jobs[deployment.resume_job_name] = deployment.job_name
         rules[deployment.job_name] = policy.settings_for(deployment.definitions_file, deployment.job_name)
-    return _Watched(path, policy, flow_jobs, rules)
+    return Watched(path, policy, flow_jobs, rules)
 
 
 def read_history(
@@ -348,7 +348,7 @@ def _recorded(record: RunRecord) -> RecordedRun:
     )
 
 
-def replay(lineage: PastLineage, history: History, watched: _Watched) -> LineageReplay:
+def replay(lineage: PastLineage, history: History, watched: Watched) -> LineageReplay:
     """What the policy would have done about each failure of ``lineage``, and its compute.
 
     The replay follows the recorded lineage while the policy agrees that a failure is resumed:
