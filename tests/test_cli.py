@@ -308,6 +308,7 @@ def test_validate_json_good_policy(tmp_path: Path, capsys: pytest.CaptureFixture
         "valid": True,
         "resume_jobs": ["LinearFlow_resume"],
         "refused": [],
+        "broken": [],
     }
 
 
@@ -326,6 +327,56 @@ def test_validate_names_a_refused_flow(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["validate", str(policy), "--json"]) == 0
     refused = json.loads(capsys.readouterr().out)["refused"]
     assert len(refused) == 1 and "@batch" in refused[0]
+
+
+def test_validate_names_a_broken_flow_and_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A flow whose file cannot be read is disabled alone: valid, but not every flow loads."""
+    linear = GENERATED / "linear_flow_dagster.py"
+    broken = tmp_path / "broken_dagster.py"
+    broken.write_text("import os\n    x = 1\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nflows:\n  - definitions_file: {linear}\n  - definitions_file: {broken}\n")
+
+    assert main(["validate", str(policy)]) == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{policy}: valid; resume jobs: LinearFlow_resume"
+    assert lines[1].startswith(
+        f"broken: flows[1].definitions_file: definitions file {broken} is not valid Python (line 2): "
+        "unexpected indent; regenerate it"
+    )
+    assert lines[2].startswith("1 flow(s) broken: each is disabled alone")
+    assert main(["validate", str(policy), "--json"]) == 3
+    document = json.loads(capsys.readouterr().out)
+    assert document["valid"] is True and document["resume_jobs"] == ["LinearFlow_resume"]
+    assert len(document["broken"]) == 1 and "unexpected indent" in document["broken"][0]
+
+
+def test_validate_says_the_last_good_policy_is_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from auto_resume.dagster.policy_store import record_good
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ndefaults:\n  max_atempts: 3\n")
+    assert main(["validate", str(policy)]) == 1
+    assert f"policy in force: none (the instance of DAGSTER_HOME={home} holds no valid version" in (
+        capsys.readouterr().err
+    )
+    with DagsterInstance.get() as instance:
+        record_good(instance, policy, "version: 1\n", now=1_780_000_000)
+    assert main(["validate", str(policy)]) == 1
+    err = capsys.readouterr().err
+    assert f"{policy}:3: defaults.max_atempts: unknown field" in err
+    assert "policy in force: the last good one, in force since 2026-05-28 20:26:40 UTC" in err
+    assert main(["validate", str(policy), "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["in_force"]["last_good_since"] == "2026-05-28 20:26:40 UTC"
+    monkeypatch.delenv("DAGSTER_HOME")
+    assert main(["validate", str(policy)]) == 1
+    assert "policy in force: unknown (DAGSTER_HOME is not set" in capsys.readouterr().err
 
 
 def test_validate_json_bad_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import Definitions
+from dagster import Definitions, instance_for_test
 
 from auto_resume.dagster.code_location import build_definitions
+from auto_resume.dagster.disabled_flows import DisabledFlow
+from auto_resume.dagster.policy_store import fall_back, record_good
 from auto_resume.metaflow.commands import compile_definitions
 from auto_resume.policy.loading import PolicyError
 
@@ -83,30 +85,36 @@ def test_repo_policy_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     assert defs.resolve_sensor_def("auto_resume_sensor").name == "auto_resume_sensor"
 
 
-def test_not_a_metaflow_dagster_file(tmp_path: Path) -> None:
+def build_with_disabled(policy: Path) -> tuple[Definitions, list[DisabledFlow]]:
+    disabled: list[DisabledFlow] = []
+    return build_definitions(policy, disabled=disabled), disabled
+
+
+def resume_jobs(defs: Definitions) -> list[str]:
+    return sorted(job.name for job in defs.resolve_all_job_defs())
+
+
+def test_not_a_metaflow_dagster_file_is_disabled_alone(tmp_path: Path) -> None:
     other = tmp_path / "other.py"
     other.write_text("print('hello')\n")
-    policy = write_policy(tmp_path, other)
-    with pytest.raises(PolicyError) as info:
-        build_definitions(policy)
-    message = str(info.value)
-    assert message.startswith(f"invalid auto-resume policy {policy}: flows[0].definitions_file: ")
-    assert str(other) in message
-    assert "does not look like a metaflow-dagster definitions file" in message
-    assert "dagster create" in message
-    assert info.value.path == policy
+    policy = write_policy(tmp_path, other, generated("linear_flow_dagster.py"))
+    defs, (flow,) = build_with_disabled(policy)
+    assert resume_jobs(defs) == ["LinearFlow_resume"]
+    assert (flow.field, flow.file, flow.kind) == ("flows[0].definitions_file", other, "broken")
+    assert str(other) in flow.reason
+    assert "does not look like a metaflow-dagster definitions file" in flow.reason
+    assert "dagster create" in flow.reason
 
 
-def test_unknown_flow_class(tmp_path: Path) -> None:
+def test_unknown_flow_class_disables_its_jobs(tmp_path: Path) -> None:
     text = generated("linear_flow_dagster.py").read_text()
     renamed = tmp_path / "renamed_dagster.py"
     renamed.write_text(text.replace("FLOW_NAME = 'LinearFlow'", "FLOW_NAME = 'NoSuchFlow'"))
-    policy = write_policy(tmp_path, renamed)
-    with pytest.raises(PolicyError) as info:
-        build_definitions(policy)
-    message = str(info.value)
-    assert "flows[0].definitions_file" in message
-    assert "has no flow class NoSuchFlow" in message
+    defs, (flow,) = build_with_disabled(write_policy(tmp_path, renamed))
+    assert resume_jobs(defs) == []
+    assert flow.field == "flows[0].definitions_file"
+    assert "has no flow class NoSuchFlow" in flow.reason
+    assert flow.job_names == ("LinearFlow", "LinearFlow_resume")  # its failures are named as not resumed
 
 
 def duplicate_job_policy(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -116,22 +124,62 @@ def duplicate_job_policy(tmp_path: Path) -> tuple[Path, Path, Path]:
     return write_policy(tmp_path, original, copy), original, copy
 
 
-def test_two_files_defining_the_same_job(tmp_path: Path) -> None:
+def test_a_second_file_defining_the_same_job_is_disabled(tmp_path: Path) -> None:
+    """The first keeps the job; the second, named by its entry, is disabled with both files."""
     policy, original, copy = duplicate_job_policy(tmp_path)
-    with pytest.raises(PolicyError) as info:
-        build_definitions(policy)
-    message = str(info.value)
-    assert message.startswith(f"invalid auto-resume policy {policy}: ")
-    assert "'LinearFlow'" in message
-    assert str(original.resolve()) in message
-    assert str(copy.resolve()) in message
+    defs, (flow,) = build_with_disabled(policy)
+    assert resume_jobs(defs) == ["LinearFlow_resume"]
+    assert flow.field == "flows[1].definitions_file"
+    assert "'LinearFlow'" in flow.reason
+    assert str(original.resolve()) in flow.reason and str(copy.resolve()) in flow.reason
+    assert flow.job_names == ()  # the job's failures are the first entry's to resume
 
 
-def test_two_files_defining_the_same_job_names_the_entry(tmp_path: Path) -> None:
-    policy, _, _ = duplicate_job_policy(tmp_path)
-    with pytest.raises(PolicyError) as info:
-        build_definitions(policy)
-    assert "flows[1].definitions_file" in str(info.value)
+SPLIT_IN_A_BRANCH_ERROR = "    # metaflow-dagster's output for a split inside a branch\n        return x\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "fragments"),
+    [
+        ("missing", ["missing_dagster.py does not exist", "dagster create", "fix the path"]),
+        (
+            "unexpected indent",
+            ["is not valid Python (line 4): unexpected indent", "regenerate it", "flow_file:"],
+        ),
+        ("not python", ["is not a Python source file", "point the policy at the .py file"]),
+        ("flow file does not import", ["importing flow file", "ModuleNotFoundError", "must be importable"]),
+        ("missing flow file", ["flow file", "nope.py does not exist", "fix the path"]),
+    ],
+)
+def test_one_unreadable_flow_stops_only_itself(tmp_path: Path, name: str, fragments: list[str]) -> None:
+    """Every other flow keeps its resume job; the sensor loads and says which flow is disabled."""
+    field = "definitions_file"
+    if name == "missing":
+        broken = tmp_path / "missing_dagster.py"
+    elif name == "unexpected indent":
+        broken = tmp_path / "split_in_branch_dagster.py"
+        broken.write_text("import os\n\n" + SPLIT_IN_A_BRANCH_ERROR)
+    elif name == "not python":
+        broken = tmp_path / "binary_dagster.py"
+        broken.write_bytes(b"\xff\xfe\x00 not text")
+    elif name == "flow file does not import":
+        field, broken = "flow_file", tmp_path / "bad_import_flow.py"
+        broken.write_text("import no_such_module_here\n")
+    else:
+        field, broken = "flow_file", tmp_path / "nope.py"
+    good = [generated("linear_flow_dagster.py"), generated("branch_flow_dagster.py")]
+    policy = write_policy(tmp_path, *good)
+    policy.write_text(policy.read_text() + f"  - {field}: {broken}\n")
+
+    defs, (flow,) = build_with_disabled(policy)
+
+    assert resume_jobs(defs) == ["BranchFlow_resume", "LinearFlow_resume"]
+    assert (flow.field, flow.kind) == (f"flows[2].{field}", "broken")
+    for fragment in fragments:
+        assert fragment in flow.reason
+    sensor = defs.resolve_sensor_def("auto_resume_sensor")
+    assert sorted(t.job_name for t in sensor.targets) == ["BranchFlow_resume", "LinearFlow_resume"]
+    assert sensor.description is not None and f"broken: flows[2].{field}: " in sensor.description
 
 
 FLOW_WITH_ORIGIN_STEP = """\
@@ -167,12 +215,27 @@ def test_step_named_origin(tmp_path: Path) -> None:
     assert len(names) == len(set(names)) == 5  # origin, three steps, finish
 
 
-def test_invalid_policy_fails_the_load(tmp_path: Path) -> None:
-    """No salvaged location: it would watch a stale flow list (the deployed location loads this way)."""
+def test_invalid_policy_fails_the_load_without_a_last_good_one(tmp_path: Path) -> None:
+    """No salvaged location: it would watch a flow list nobody validated."""
     policy = write_policy(tmp_path, generated("linear_flow_dagster.py"))
     policy.write_text(policy.read_text() + "defaults:\n  max_atempts: 3\n")
     with pytest.raises(PolicyError, match=r"defaults\.max_atempts"):
         build_definitions(policy)
+    with instance_for_test() as instance, pytest.raises(PolicyError, match=r"defaults\.max_atempts"):
+        build_definitions(policy, fall_back=lambda path, error: fall_back(instance, path, error))
+
+
+def test_invalid_policy_loads_the_last_good_one(tmp_path: Path) -> None:
+    """As the deployed location loads (a workspace reload, a daemon restart) after a bad edit."""
+    policy = write_policy(tmp_path, generated("linear_flow_dagster.py"), generated("branch_flow_dagster.py"))
+    with instance_for_test() as instance:
+        record_good(instance, policy, policy.read_text(), now=1_780_000_000)
+        policy.write_text("version: 1\ndefaults:\n  max_atempts: 3\nflows: []\n")
+        defs = build_definitions(policy, fall_back=lambda path, error: fall_back(instance, path, error))
+    assert resume_jobs(defs) == ["BranchFlow_resume", "LinearFlow_resume"]
+    description = defs.resolve_sensor_def("auto_resume_sensor").description or ""
+    assert "deciding with the last good policy (in force since 2026-05-28 20:26:40 UTC)" in description
+    assert f"{policy}:3: defaults.max_atempts: unknown field" in description
 
 
 def test_flow_file_entries_get_their_flow_job(tmp_path: Path) -> None:
@@ -206,10 +269,8 @@ def test_flow_file_that_is_not_a_flow_names_the_entry(tmp_path: Path) -> None:
     not_a_flow.write_text("X = 1\n")
     policy = tmp_path / "policy.yaml"
     policy.write_text("version: 1\nflows:\n  - flow_file: helpers.py\n")
-    with pytest.raises(PolicyError) as info:
-        build_definitions(policy)
-    message = str(info.value)
-    assert "flows[0].flow_file" in message and "defines 0 flow classes" in message
+    _, (flow,) = build_with_disabled(policy)
+    assert flow.field == "flows[0].flow_file" and "defines 0 flow classes" in flow.reason
 
 
 # --- flows auto-resume cannot resume are refused one by one -------------------------------------
@@ -245,11 +306,11 @@ def test_a_flow_that_cannot_be_resumed_is_refused_alone(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, generated("linear_flow_dagster.py"), remote)
     policy.write_text(policy.read_text() + f"  - flow_file: {remote_file}\n")
 
-    refused: list[str] = []
-    defs = build_definitions(policy, refused=refused)
+    defs, disabled = build_with_disabled(policy)
 
     assert sorted(job.name for job in defs.resolve_all_job_defs()) == ["LinearFlow_resume"]
-    assert len(refused) == 2
+    assert [flow.kind for flow in disabled] == ["refused", "refused"]
+    refused = [flow.line() for flow in disabled]
     assert refused[0].startswith("flows[1].definitions_file: ")
     assert str(remote) in refused[0] and "'process' uses @kubernetes" in refused[0]
     assert refused[1].startswith("flows[2].flow_file: ")
@@ -296,8 +357,8 @@ def test_flow_file_entry_with_configs_or_mutators_is_refused(
         flow_file.write_text(CONFIG_FLOW)
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"version: 1\nflows:\n  - flow_file: {flow_file}\n")
-    refused: list[str] = []
-    defs = build_definitions(policy, refused=refused)
+    defs, disabled = build_with_disabled(policy)
     assert defs.resolve_all_job_defs() == []
+    refused = [flow.line() for flow in disabled if flow.refused]
     assert len(refused) == 1 and refused[0].startswith("flows[0].flow_file: ")
     assert uses in refused[0] and "dagster create" in refused[0] and "definitions_file" in refused[0]

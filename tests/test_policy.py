@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from auto_resume.policy.loading import PolicyError, default_policy_path, load_policy
+from auto_resume.policy.loading import PolicyError, default_policy_path, load_policy, parse_policy
 from auto_resume.policy.model import EffectiveFlowSettings, FlowEntry, Policy
 from auto_resume.policy.settings import Defaults, Overrides
 
@@ -186,12 +186,6 @@ BAD_FILES = {
         3,
         ["'running' or 'stopped' (got 'sometimes')", "fix: set it to 'running'"],
     ),
-    "missing definitions file": (
-        "version: 1\nflows:\n  - definitions_file: flows/nope_dagster.py\n",
-        "flows[0].definitions_file",
-        3,
-        ["flows/nope_dagster.py does not exist", "dagster create", "or fix the path"],
-    ),
     "missing definitions_file key": (
         "version: 1\nflows:\n  - enabled: false\n",
         "flows[0]",
@@ -215,12 +209,6 @@ BAD_FILES = {
         "flows[0].job_name",
         4,
         ["'my-job' is not a Dagster job name", "letters, digits and '_'"],
-    ),
-    "missing flow_file": (
-        "version: 1\nflows:\n  - flow_file: nope.py\n",
-        "flows[0].flow_file",
-        3,
-        ["flow file", "nope.py does not exist", "fix the path"],
     ),
     "duplicate flows": (
         "version: 1\nflows:\n" + FLOW + "  - definitions_file: ./sub/../a.py\n",
@@ -426,6 +414,28 @@ def test_bad_files(
     for fragment in fragments:
         assert fragment in message
     assert len(info.value.problems) == 1
+
+
+def test_missing_flow_files_are_not_policy_problems(tmp_path: Path) -> None:
+    """The code location disables such a flow alone (tests/test_code_location.py)."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\nflows:\n  - definitions_file: flows/nope_dagster.py\n  - flow_file: nope.py\n"
+    )
+    assert [entry.source for entry in load_policy(path).flows] == [
+        tmp_path / "flows" / "nope_dagster.py",
+        tmp_path / "nope.py",
+    ]
+
+
+def test_parse_policy_reads_text_as_the_file(tmp_path: Path) -> None:
+    """The last good policy kept in the instance is validated as the file it came from."""
+    path = tmp_path / "policy.yaml"
+    assert parse_policy("version: 1\nflows:\n  - definitions_file: a.py\n", path).flows[0].source == (
+        tmp_path / "a.py"
+    )
+    with pytest.raises(PolicyError, match=rf"{path}:2: defaults.max_atempts: unknown field"):
+        parse_policy("version: 1\ndefaults: {max_atempts: 3}\n", path)
 
 
 def test_several_problems_one_per_line(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ the daemon does; a clock value is passed in so backoff and windows are tested wi
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import uuid
@@ -34,6 +35,7 @@ from dagster import (
 from auto_resume.core.decision import failure_signature
 from auto_resume.dagster import sensor as sensor_module
 from auto_resume.dagster import tags
+from auto_resume.dagster.disabled_flows import DisabledFlow
 from auto_resume.dagster.resume_job import build_resume_job
 from auto_resume.dagster.sensor import build_auto_resume_sensor, evaluate
 from auto_resume.metaflow.deployment import Deployment, read_deployment
@@ -217,19 +219,76 @@ def _failed_at(instance: DagsterInstance, run_id: str) -> float:
     return record.event_log_entry.timestamp
 
 
-def test_invalid_policy_fails_the_tick_and_loses_nothing(ticker: Sensor, instance: DagsterInstance) -> None:
-    before = ticker.cursor
+def test_invalid_policy_edit_keeps_deciding_with_the_last_good_one(
+    ticker: Sensor, instance: DagsterInstance
+) -> None:
+    """The sensor's first tick recorded the valid policy; a bad edit then stops nothing."""
+    ticker.write("  mode: observe\n".replace("  ", "defaults:\n  ", 1))
+    ticker.tick()  # records this policy as the last good one
+    ticker.policy.write_text(ticker.policy.read_text() + "    max_atempts: 3\n")  # in the last entry
     first = create_failed_run(instance, "LinearFlow")
-    ticker.policy.write_text("version: 1\ndefaults:\n  max_atempts: 3\n")
-    with pytest.raises(PolicyError, match="max_atempts: unknown field"):
-        ticker.tick()
-    assert ticker.cursor == before  # the daemon keeps the cursor of a failed tick
-    second = create_failed_run(instance, "LinearFlow")
-    ticker.write("")
     result = ticker.tick()
+    reason = result.skip_reason.skip_message if result.skip_reason else ""
+    assert reason.startswith("policy file invalid, deciding with the last good policy (in force since ")
+    assert f"{ticker.policy}:7: flows[1].max_atempts: unknown field" in reason
+    assert "fix: rename it to `max_attempts`" in reason
+    assert f"run {first} (LinearFlow): observe mode, would resume" in reason  # the last good policy
+    ticker.write("")  # fixed (and no longer observe): in force from the next tick
+    second = create_failed_run(instance, "LinearFlow")
+    result = ticker.tick()
+    assert [r.run_key for r in requests(result)] == [f"resume-of-{second}"]
+
+
+def test_invalid_policy_without_a_last_good_one_fails_the_tick_and_loses_nothing(
+    fresh: Sensor, tmp_path: Path
+) -> None:
+    never = copy.copy(fresh)  # the same instance and cursor, a policy file never valid there
+    never.policy = tmp_path / "never_valid.yaml"
+    never.policy.write_text("version: 1\ndefaults:\n  max_atempts: 3\n")
+    before = never.cursor
+    first = create_failed_run(never.instance, "LinearFlow")
+    with pytest.raises(PolicyError, match="max_atempts: unknown field"):
+        never.tick()
+    assert never.cursor == before  # the daemon keeps the cursor of a failed tick
+    second = create_failed_run(never.instance, "LinearFlow")
+    never.write("")
+    result = never.tick()
     assert sorted(r.run_key or "" for r in requests(result)) == sorted(
         [f"resume-of-{first}", f"resume-of-{second}"]
     )
+
+
+def test_a_disabled_flow_is_named_every_tick_and_its_failures_once(
+    ticker: Sensor, instance: DagsterInstance
+) -> None:
+    broken = DisabledFlow(
+        "flows[2].definitions_file",
+        Path("/deploy/broken_dagster.py"),
+        "definitions file /deploy/broken_dagster.py is not valid Python (line 560): unexpected indent; "
+        "regenerate it",
+        refused=False,
+        job_names=("BrokenFlow", "BrokenFlow_resume"),
+    )
+
+    def tick() -> str:
+        context = build_sensor_context(instance=instance, cursor=ticker.cursor)
+        result = evaluate(context, ticker.by_job, ticker.jobs, ticker.policy, disabled=[broken])
+        ticker.cursor = result.cursor
+        return result.skip_reason.skip_message if result.skip_reason else ""
+
+    failed = create_failed_run(instance, "BrokenFlow")
+    first = tick()
+    assert first.startswith(
+        "flow disabled (broken, not resumed): flows[2].definitions_file: definitions file "
+        "/deploy/broken_dagster.py is not valid Python (line 560): unexpected indent; regenerate it; "
+    )
+    assert (
+        f"run {failed} (BrokenFlow): not resumed: its flow is disabled (flows[2].definitions_file)" in first
+    )
+    second = tick()
+    assert second.startswith("flow disabled (broken, not resumed): flows[2].definitions_file: ")
+    assert failed not in second  # its failure was said once
+    assert ticker.pending() == []
 
 
 def test_kill_switch_global_and_per_flow_glob(ticker: Sensor, instance: DagsterInstance) -> None:

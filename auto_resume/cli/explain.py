@@ -220,16 +220,24 @@ def _watched(policy_path: Path, run: DagsterRun) -> tuple[Policy, LoadedFlow, Ef
     except PolicyError as exc:
         raise OperatorError(str(exc)) from exc
     jobs = []
+    unreadable = []  # as in the code location, one flow that cannot be read stops only itself
     for index, entry in enumerate(policy.flows):
         try:
             loaded = load_flow(entry)  # as the code location reads it
         except (DeploymentError, MetaflowAccessError) as exc:
-            raise OperatorError(f"{policy_path}: flows[{index}].{entry.source_field}: {exc}") from exc
+            unreadable.append(f"{policy_path}: flows[{index}].{entry.source_field}: {exc}")
+            continue
         deployment = loaded.deployment
         if run.job_name in (deployment.job_name, deployment.resume_job_name):
             rules = policy.settings_for(deployment.definitions_file, deployment.job_name)
             return policy, loaded, rules
         jobs.append(deployment.job_name)
+    if unreadable:
+        raise OperatorError(
+            f"run {run.run_id} is a run of {run.job_name}, which is not among the flows of the policy "
+            f"that can be read (their jobs: {', '.join(jobs) or 'none'}); these cannot: "
+            + "; ".join(unreadable)
+        )
     raise OperatorError(
         f"run {run.run_id} is a run of {run.job_name}, which is not in the policy {policy_path} "
         f"(its flows' jobs: {', '.join(jobs) or 'none'}); add the flow under `flows`, or pass "

@@ -22,12 +22,14 @@ _TEXT_WIDTH = 88
 
 _EPILOG = """\
 exit status:
-  0  success (validate: the policy is valid; demo: the run was resumed; resume: the resume
-     was requested (and created, or pending), or shown with --dry-run)
+  0  success (validate: the policy is valid and every flow loads; demo: the run was resumed;
+     resume: the resume was requested (and created, or pending), or shown with --dry-run)
   1  failure: an invalid policy, an instance that cannot be opened, a failed demo; explain and
      resume: a bad or unknown run id, a run of a job not in the policy, a run still going;
      resume: a run the policy refuses (without --force), a succeeded run without --from-step
   2  usage error: unknown command or option, bad option value
+  3  validate: the policy is valid, but a flow's file cannot be read: that flow is disabled
+     alone, the others load
 
 environment:
   DAGSTER_HOME         directory of the Dagster instance's dagster.yaml (history, explain, resume,
@@ -82,30 +84,10 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from auto_resume.dagster.code_location import build_definitions
-    from auto_resume.policy.loading import PolicyError, default_policy_path
+    from auto_resume.cli.validate import validate
+    from auto_resume.policy.loading import default_policy_path
 
-    path = Path(args.policy) if args.policy else default_policy_path()
-    refused: list[str] = []
-    try:
-        defs = build_definitions(path, refused=refused)
-    except PolicyError as exc:
-        if args.json:
-            problems = list(exc.problems) or [str(exc)]
-            print(json.dumps({"policy": str(path), "valid": False, "problems": problems}, indent=2))
-        else:
-            print(exc, file=sys.stderr)
-        return EXIT_FAILURE
-    jobs = sorted(job.name for job in defs.resolve_all_job_defs())
-    # A flow auto-resume cannot resume is refused alone (no resume job); the others load.
-    _emit(
-        args,
-        {"policy": str(path), "valid": True, "resume_jobs": jobs, "refused": refused},
-        "\n".join(
-            [f"{path}: valid; resume jobs: {', '.join(jobs) or 'none'}", *(f"refused: {r}" for r in refused)]
-        ),
-    )
-    return EXIT_OK
+    return validate(Path(args.policy) if args.policy else default_policy_path(), args.json)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -295,8 +277,11 @@ def _add_validate(commands: Any) -> None:
         "validate",
         "check a policy file and every definitions file and flow it names",
         "Loads the policy, every metaflow-dagster definitions file it lists and each flow's "
-        "graph, exactly as the code location does at load time. Exit status 0 when valid; 1 "
-        "otherwise, with one line per problem (file, line, field, fix).",
+        "graph, exactly as the code location does at load time. Exit status 0 when valid and "
+        "every flow loads (flows auto-resume refuses are listed); 3 when valid but a flow's file "
+        "cannot be read (that flow is disabled alone: one line each, `broken: field: what; fix`); "
+        "1 when invalid, with one line per problem (file, line, field, fix) and the policy in "
+        "force instead: the last good one kept in the instance of $DAGSTER_HOME, and since when.",
         _validate,
     )
     validate.add_argument(
@@ -305,7 +290,8 @@ def _add_validate(commands: Any) -> None:
     validate.add_argument(
         "--json",
         action="store_true",
-        help='print {"policy", "valid", "resume_jobs", "refused"} or {"policy", "valid": false, "problems"}',
+        help='print {"policy", "valid", "resume_jobs", "refused", "broken"} or {"policy", "valid": false, '
+        '"problems", "in_force", "in_force_note"}',
     )
 
 

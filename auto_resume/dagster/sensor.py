@@ -40,8 +40,10 @@ from dagster import (
 )
 
 from auto_resume.core.decision import Action, Decision, decide
-from auto_resume.dagster import tags
+from auto_resume.dagster import disabled_flows, tags
+from auto_resume.dagster.disabled_flows import DisabledFlow
 from auto_resume.dagster.notify import call_give_up_hook, give_up_values
+from auto_resume.dagster.policy_store import PolicyInForce, policy_in_force
 from auto_resume.dagster.resume_requests import (
     FORCED,
     MANUAL,
@@ -53,7 +55,6 @@ from auto_resume.dagster.resume_runs import checked_run_config, manual_resume_ta
 from auto_resume.dagster.run_facts import end_event, failed_run_facts
 from auto_resume.dagster.runs import InFlight, resumes_by_parent, runs_by_id
 from auto_resume.metaflow.deployment import Deployment
-from auto_resume.policy.loading import load_policy
 from auto_resume.policy.model import EffectiveFlowSettings, Policy
 
 SENSOR_NAME = "auto_resume_sensor"
@@ -119,6 +120,8 @@ def build_auto_resume_sensor(
     resume_jobs: Sequence[JobDefinition],
     policy: Policy,
     policy_path: Path,
+    disabled: Sequence[DisabledFlow] = (),
+    in_force: PolicyInForce | None = None,
 ) -> SensorDefinition:
     """The one sensor that serves every flow in the policy.
 
@@ -128,6 +131,8 @@ def build_auto_resume_sensor(
         policy: The policy at load time (interval and default status); rules are re-read
             from ``policy_path`` on every tick.
         policy_path: The policy file.
+        disabled: The policy's flows that could not be loaded: every tick names them.
+        in_force: How ``policy`` was chosen at load (the file, or the last good one).
 
     Returns:
         The sensor definition, named ``auto_resume_sensor``.
@@ -151,10 +156,12 @@ def build_auto_resume_sensor(
         description=(
             "Resumes failed runs of the flows in the auto-resume policy with their companion "
             "<job>_resume jobs, within the policy's limits."
+            + " ".join(["", *(in_force.notes() if in_force else [])])
+            + disabled_flows.description(disabled)
         ),
     )
     def auto_resume_sensor(context: SensorEvaluationContext) -> SensorResult:
-        return evaluate(context, by_job, jobs, policy_path)
+        return evaluate(context, by_job, jobs, policy_path, disabled=disabled)
 
     return auto_resume_sensor
 
@@ -165,6 +172,7 @@ def evaluate(
     jobs: Mapping[str, JobDefinition],
     policy_path: Path,
     now: float | None = None,
+    disabled: Sequence[DisabledFlow] = (),
 ) -> SensorResult:
     """One tick: decide every new failure and every waiting one that is due.
 
@@ -172,17 +180,22 @@ def evaluate(
         context: The sensor's context (instance and cursor).
         by_job: The watched flows by job name (flow jobs and resume jobs).
         jobs: The resume jobs by name, to validate run config before requesting a run.
-        policy_path: The policy file, read now.
+        policy_path: The policy file, read now; while it is invalid, the last good one
+            (:mod:`auto_resume.dagster.policy_store`) decides and every tick shows the error.
         now: POSIX time of the tick; None: the clock.
+        disabled: Flows of the policy the code location could not load: every tick names
+            them, and a failure of their jobs is noted as not resumed.
 
     Returns:
         The run requests and the new cursor; a skip reason when nothing is launched.
 
     Raises:
-        PolicyError: The policy is invalid: the tick fails with the message and the cursor
-            stays, so the failures of that period are handled once the file is fixed.
+        PolicyError: The policy is invalid and no valid one was ever recorded: the tick fails
+            with the message and the cursor stays, so the failures of that period are handled
+            once the file is fixed.
     """
-    policy = load_policy(policy_path)
+    in_force = policy_in_force(context.instance, policy_path)
+    policy = in_force.policy
     instance = context.instance
     cursor = _Cursor.parse(context.cursor)
     if cursor is None:
@@ -191,6 +204,9 @@ def evaluate(
     tick = _Tick(pending=[p for p in cursor.pending if p.due_at > now])
     work, fresh = _failures_to_decide(instance, cursor, now, tick)
     runs = runs_by_id(instance, [record.event_log_entry.run_id for record, _ in work])
+    # First, so that the skip message always shows them: the policy's error, disabled flows.
+    tick.notes += in_force.notes() + disabled_flows.tick_notes(disabled)
+    tick.notes += disabled_flows.failure_notes(disabled, (runs.get(entry.run_id) for _, entry in work))
     requests = open_requests(instance, now)
     answered = resumes_by_parent(instance, list(runs) + [run.run_id for run, _ in requests])
     scope = _Scope(instance, by_job, jobs, policy, InFlight(instance, policy.max_resumes_in_flight), now)

@@ -113,7 +113,9 @@ def read_deployment(definitions_file: Path) -> Deployment:
     except SyntaxError as exc:
         raise DeploymentError(
             f"definitions file {definitions_file} is not valid Python (line {exc.lineno}): "
-            f"{exc.msg}; regenerate it with `python <flow>.py dagster create {definitions_file}`"
+            f"{exc.msg}; regenerate it with `python <flow>.py dagster create {definitions_file}`; if "
+            "metaflow-dagster writes it so again (it does for some flow shapes), list the flow file "
+            "itself as `flow_file:` (auto-resume then builds its job), or remove the entry"
         ) from exc
 
     constants = _module_constants(tree)

@@ -200,8 +200,12 @@ def _explain(err: ErrorDetails) -> _Problem:
     return _Problem(what, fix, loc)
 
 
-def _check_flows(policy: Policy, policy_dir: Path) -> list[_Problem]:
-    """Checks that the files entries name exist and are listed once each."""
+def _check_flows(policy: Policy) -> list[_Problem]:
+    """Checks that entries name each file once.
+
+    A file that is missing is not a policy problem: the code location disables that flow alone
+    (`auto_resume.dagster.code_location`), so one lost file does not stop the others.
+    """
     problems: list[_Problem] = []
     seen: dict[Path, int] = {}
     for i, entry in enumerate(policy.flows):
@@ -210,15 +214,6 @@ def _check_flows(policy: Policy, policy_dir: Path) -> list[_Problem]:
         if path in seen:
             what = f"{path} is already listed as flows[{seen[path]}]"
             fix = "remove one of the two entries, or merge their settings"
-            problems.append(_Problem(what, fix, loc))
-        elif not path.is_file():
-            state = "is not a file" if path.exists() else "does not exist"
-            if entry.definitions_file is not None:
-                what = f"definitions file {path} {state} (resolved against {policy_dir})"
-                fix = f"generate it with `python <flow>.py dagster create {path}`, or fix the path"
-            else:
-                what = f"flow file {path} {state} (resolved against {policy_dir})"
-                fix = "fix the path (it is relative to the policy file's directory)"
             problems.append(_Problem(what, fix, loc))
         seen.setdefault(path, i)
     return problems
@@ -278,14 +273,10 @@ def default_policy_path() -> Path:
     return _path_and_origin()[0]
 
 
-def _read_yaml(path: Path) -> tuple[yaml.Node | None, Any]:
-    """The file's node tree (for line numbers) and its data; a PolicyError if unreadable."""
+def _read_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
+    """The text's node tree (for line numbers) and its data; a PolicyError if not YAML."""
     try:
-        text = path.read_text(encoding="utf-8")
         return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        fix = "make it a readable UTF-8 text file"
-        raise _fail(path, [_Problem(f"cannot read the file: {exc}", fix)]) from exc
     except yaml.YAMLError as exc:
         what, line, col = f"YAML syntax error: {exc}", None, None
         if isinstance(exc, yaml.MarkedYAMLError):
@@ -310,6 +301,21 @@ def load_policy(path: Path | None = None) -> Policy:
     Raises:
         PolicyError: If the file is missing, unreadable, not YAML or not a valid policy.
     """
+    return load_policy_source(path)[0]
+
+
+def load_policy_source(path: Path | None = None) -> tuple[Policy, str]:
+    """Reads and validates a policy file; also returns the text it validated.
+
+    Args:
+        path: The policy file; None means `default_policy_path()`.
+
+    Returns:
+        The validated policy, and the file's text as read (what a copy of it must keep).
+
+    Raises:
+        PolicyError: If the file is missing, unreadable, not YAML or not a valid policy.
+    """
     origin = "passed explicitly"
     if path is None:
         path, origin = _path_and_origin()
@@ -319,7 +325,31 @@ def load_policy(path: Path | None = None) -> Policy:
         what = f"policy file {state} (path {origin})"
         fix = f"create it with `version: 1`, or set {POLICY_ENV_VAR} to a policy file"
         raise _fail(path, [_Problem(what, fix)])
-    root, data = _read_yaml(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fix = "make it a readable UTF-8 text file"
+        raise _fail(path, [_Problem(f"cannot read the file: {exc}", fix)]) from exc
+    return parse_policy(text, path), text
+
+
+def parse_policy(text: str, path: Path) -> Policy:
+    """Validates a policy's text as if it were the content of the file ``path``.
+
+    Relative paths in it are resolved against ``path``'s directory, and problems name ``path``.
+
+    Args:
+        text: The YAML text.
+        path: The file it is (or was) the content of.
+
+    Returns:
+        The validated policy.
+
+    Raises:
+        PolicyError: If the text is not YAML or not a valid policy.
+    """
+    path = path.absolute()
+    root, data = _read_yaml(path, text)
     if root is None:
         raise _fail(path, [_Problem("the file is empty (or only comments)", "add `version: 1`", ())])
     if not isinstance(data, dict):
@@ -331,6 +361,6 @@ def load_policy(path: Path | None = None) -> Policy:
         policy = Policy.model_validate(data, context={"policy_dir": policy_dir})
     except ValidationError as exc:
         raise _fail(path, [_explain(e) for e in exc.errors()], root) from exc
-    if problems := _check_flows(policy, policy_dir) + _check_changes(policy):
+    if problems := _check_flows(policy) + _check_changes(policy):
         raise _fail(path, problems, root)
     return policy
