@@ -179,6 +179,7 @@ class _TaskRunner:
         self._found = found
         self._options = deployment.step_options(step.name)
         self._injection = injection_for(resume.with_specs, step.name, self._options.decorators)
+        self._running = commands.RunningSteps()
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[str | None]] = []
         self.failures: list[str] = []
@@ -195,11 +196,25 @@ class _TaskRunner:
             self._futures = [self._pool.submit(self._run, action) for action in self._executions]
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if self._pool is None:
             return
-        self._pool.shutdown(wait=True)
+        if exc_type is not None:
+            self._stop()  # the exception goes on; the tasks must not outlive the step
+            return
+        try:
+            self._pool.shutdown(wait=True)
+        except BaseException:
+            self._stop()
+            raise
         self.failures = [message for future in self._futures if (message := future.result())]
+
+    def _stop(self) -> None:
+        """The run is stopped (Dagster's termination, a time limit, Ctrl-C) or the step broke:
+        its Metaflow tasks stop with it, no other starts, and no thread is left waiting on them."""
+        assert self._pool is not None
+        self._running.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, action: TaskAction) -> str | None:
         deployment, step, resume, injection = self._deployment, self._step, self._resume, self._injection
@@ -213,6 +228,8 @@ class _TaskRunner:
         if injection.user_code_retries is not None:
             retries, delay = injection.user_code_retries, injection.retry_delay_seconds
         for attempt in range(retries + 1):
+            if self._running.stopped:
+                return f"{pathspec} was stopped with the run"
             command = commands.step_command(
                 deployment,
                 step.name,
@@ -228,7 +245,9 @@ class _TaskRunner:
             )
             self._context.log.info("$ " + " ".join(command))
             log = AttemptLog()
-            result = commands.run_step(deployment, command, step.name, log, extra_env=injection.env)
+            result = commands.run_step(
+                deployment, command, step.name, log, extra_env=injection.env, running=self._running
+            )
             self._keep_output(pathspec, attempt, log, result.returncode)
             if result.returncode == 0:
                 self._found[instance.indices] = _record(self._store, step, action, pathspec, cloned=False)

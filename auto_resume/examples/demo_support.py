@@ -7,6 +7,7 @@ time it runs and succeeds afterwards. With an empty ``workdir`` both are off.
 """
 
 import os
+import time
 
 
 def record_and_maybe_fail(workdir, fail_at, step, index=None):
@@ -18,6 +19,8 @@ def record_and_maybe_fail(workdir, fail_at, step, index=None):
     injected = os.environ.get("AUTO_RESUME_INJECTED")
     with open(os.path.join(workdir, name + ".count"), "a") as counter:
         counter.write(f"ran with AUTO_RESUME_INJECTED={injected}\n" if injected else "ran\n")
+    # Injected the same way, a slow step (to show a resume's time limit stopping it).
+    time.sleep(float(os.environ.get("AUTO_RESUME_EXAMPLE_SLEEP") or 0))
     target = step if index is None else f"{step}:{index}"
     marker = os.path.join(workdir, name + ".failed-once")
     if target in fail_at.split(",") and not os.path.exists(marker):

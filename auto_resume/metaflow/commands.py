@@ -7,11 +7,14 @@ explicitly: this process's environment plus the deployment's step variables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -151,12 +154,55 @@ def step_environment(
     }
 
 
+class RunningSteps:
+    """The step subprocesses at work for one op, so that all of them stop when the run is stopped.
+
+    Each runs in a session of its own: stopping it signals its whole process group (a task's
+    own children, a card's renderer, go too). Nothing new starts once ``stop`` was called.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self.stopped = False
+
+    def add(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._live.add(process)
+            stopped = self.stopped
+        if stopped:
+            _signal_group(process, signal.SIGKILL)
+
+    def discard(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._live.discard(process)
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """SIGTERM every step's process group, SIGKILL what is left after ``grace_seconds``."""
+        with self._lock:
+            self.stopped = True
+            live = list(self._live)
+        for process in live:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        for process in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+            _signal_group(process, signal.SIGKILL)
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
+        os.killpg(process.pid, sig)
+
+
 def run_step(
     deployment: Deployment,
     command: list[str],
     step_name: str,
     log: AttemptLog | None = None,
     extra_env: Mapping[str, str] | None = None,
+    running: RunningSteps | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one step command to completion, capturing its output.
 
@@ -167,6 +213,7 @@ def run_step(
         log: Fed every line as the subprocess writes it (unbuffered, as Metaflow's runtime runs
             its steps), to be saved as the attempt's logs.
         extra_env: Variables injected decorators set (``@environment``), over the step's own.
+        running: Where the subprocess is registered while it works (see `RunningSteps`).
     """
     env = step_environment(deployment, step_name, extra_env)
     if log is None:
@@ -178,13 +225,20 @@ def run_step(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # a process group of its own: see RunningSteps
     )
-    assert process.stdout is not None and process.stderr is not None
-    stderr = threading.Thread(target=_feed, args=(process.stderr, "stderr", log), daemon=True)
-    stderr.start()
-    _feed(process.stdout, "stdout", log)
-    stderr.join()
-    returncode = process.wait()
+    if running is not None:
+        running.add(process)
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        stderr = threading.Thread(target=_feed, args=(process.stderr, "stderr", log), daemon=True)
+        stderr.start()
+        _feed(process.stdout, "stdout", log)
+        stderr.join()
+        returncode = process.wait()
+    finally:
+        if running is not None:
+            running.discard(process)
     return subprocess.CompletedProcess(command, returncode, log.text("stdout"), log.text("stderr"))
 
 

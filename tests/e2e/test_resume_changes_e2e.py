@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterRunStatus
 
+from auto_resume.core.run_ids import make_run_id
 from auto_resume.dagster import tags
 from tests.e2e.harness import Deployment, counts, wait_for_resume_of, wait_for_run
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -85,3 +87,48 @@ def test_a_rule_with_from_step_reruns_that_step_and_what_follows(
         )
     assert counts(workdir) == {"start": 2, "process": 2, "end": 2}
     assert json.loads(resume.tags[tags.CHANGES]) == {"from_step": "start", "because": ["errors[0]"]}
+
+
+SLOW = 'environment:vars={"AUTO_RESUME_EXAMPLE_SLEEP": "600"}'
+TIME_LIMIT_RULE = (
+    f"    - {{action: resume, step: process, message: 'injected failure', with: ['{SLOW}'],"
+    " max_runtime_seconds: 10}\n"
+)
+
+
+def step_processes(metaflow_run_id: str) -> list[int]:
+    """Processes whose command line runs a task of ``metaflow_run_id``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"--run-id={metaflow_run_id}".encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_time_limit_stops_the_resume_and_its_tasks(deployment: Deployment, tmp_path: Path) -> None:
+    """The rule's resume runs process slowly past its max_runtime_seconds: Dagster's run monitoring
+    (dagster.yaml) stops the run, its Metaflow task with it; the next resume, plain, finishes."""
+    instance = deployment.instance()
+    workdir = tmp_path / "counters"
+    with error_rules(deployment, TIME_LIMIT_RULE):
+        failed = deployment.launch(
+            "linear_flow", "LinearFlow", {"workdir": str(workdir), "fail_at": "process"}
+        )
+        assert wait_for_run(instance, failed).status == DagsterRunStatus.FAILURE
+        limited = wait_for_resume_of(instance, failed, deployment=deployment)
+        assert limited.tags[tags.DAGSTER_MAX_RUNTIME] == "10"
+        assert wait_for_run(instance, limited.run_id).status == DagsterRunStatus.FAILURE
+        metaflow_id = make_run_id(limited.run_id)
+        assert wait_until(lambda: not step_processes(metaflow_id), 30, "the stopped run's task still runs")
+        plain = wait_for_resume_of(instance, limited.run_id, deployment=deployment)
+        assert wait_for_run(instance, plain.run_id).status == DagsterRunStatus.SUCCESS, (
+            deployment.diagnostics()
+        )
+    messages = [entry.message for entry in instance.all_logs(limited.run_id)]
+    assert any("Exceeded maximum runtime of 10 seconds" in m for m in messages), messages[-5:]
+    assert tags.DAGSTER_MAX_RUNTIME not in plain.tags
+    assert counts(workdir) == {"start": 1, "process": 3, "end": 1}
