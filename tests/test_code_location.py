@@ -17,6 +17,7 @@ from auto_resume.policy.loading import PolicyError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = REPO_ROOT / "examples" / "generated"
+SPLIT_IN_A_BRANCH_FLOW = REPO_ROOT / "tests" / "e2e" / "flows" / "split_in_branch_flow.py"
 EXAMPLES = {
     "LinearFlow": ("linear_flow_dagster.py", ["start", "process", "end"]),
     "BranchFlow": ("branch_flow_dagster.py", ["start", "left", "right", "join", "end"]),
@@ -115,6 +116,31 @@ def test_unknown_flow_class_disables_its_jobs(tmp_path: Path) -> None:
     assert flow.field == "flows[0].definitions_file"
     assert "has no flow class NoSuchFlow" in flow.reason
     assert flow.job_names == ("LinearFlow", "LinearFlow_resume")  # its failures are named as not resumed
+
+
+def test_a_broken_copy_of_a_watched_job_does_not_claim_its_failures(tmp_path: Path) -> None:
+    """Its job is the good entry's: the sensor resumes its failures, no note says otherwise."""
+    text = generated("linear_flow_dagster.py").read_text()
+    renamed = tmp_path / "renamed_dagster.py"
+    renamed.write_text(text.replace("FLOW_NAME = 'LinearFlow'", "FLOW_NAME = 'NoSuchFlow'"))
+    defs, (flow,) = build_with_disabled(write_policy(tmp_path, generated("linear_flow_dagster.py"), renamed))
+    assert resume_jobs(defs) == ["LinearFlow_resume"]
+    assert flow.field == "flows[1].definitions_file" and flow.job_names == ()
+
+
+def test_metaflow_dagsters_unexpected_indent_disables_only_that_flow(tmp_path: Path) -> None:
+    """The real thing: metaflow-dagster 0.3.7 writes a file Python cannot parse for a split inside
+    a branch of a conditional; before, that took the whole location down."""
+    definitions = tmp_path / "split_in_branch_dagster.py"
+    compile_definitions(SPLIT_IN_A_BRANCH_FLOW, definitions, os.environ)
+    with pytest.raises(SyntaxError, match="unexpected indent"):
+        compile(definitions.read_text(), str(definitions), "exec")
+    policy = write_policy(tmp_path, generated("linear_flow_dagster.py"), definitions)
+    defs, (flow,) = build_with_disabled(policy)
+    assert resume_jobs(defs) == ["LinearFlow_resume"]
+    assert flow.field == "flows[1].definitions_file"
+    assert f"definitions file {definitions} is not valid Python (line " in flow.reason
+    assert "unexpected indent" in flow.reason and "`flow_file:`" in flow.reason
 
 
 def duplicate_job_policy(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -3,7 +3,7 @@
 A ``flow_file:`` entry also gets its flow's own job here (``auto_resume.dagster.flow_job``).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dagster import Definitions, JobDefinition, get_dagster_logger
@@ -135,6 +135,11 @@ def build_definitions(
         jobs.append(resume_job)
         if flow_job is not None:
             flow_jobs.append(flow_job)
+    # A job another entry serves (a second file of it, say) is that entry's to resume.
+    found = [
+        replace(flow, job_names=tuple(j for j in flow.job_names if j.removesuffix("_resume") not in seen))
+        for flow in found
+    ]
     if disabled is not None:
         disabled.extend(found)
     sensor = build_auto_resume_sensor(deployments, jobs, policy, path, disabled=found, in_force=in_force)

@@ -12,14 +12,14 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from auto_resume.dagster import tags
-from auto_resume.dagster.code_location import build_definitions
 from auto_resume.dagster.run_facts import failure_details
-from auto_resume.policy.loading import PolicyError
+from auto_resume.metaflow.commands import compile_definitions
 from tests.e2e.harness import (
     Deployment,
     SeparateDeployment,
@@ -29,6 +29,7 @@ from tests.e2e.harness import (
     wait_for_ticks,
     write_policy,
 )
+from tests.support import ROOT
 from tests.support.failed_runs import create_failed_run
 from tests.support.waiting import wait_until
 
@@ -173,31 +174,119 @@ def test_observe_only_burst_of_100(separate: SeparateDeployment) -> None:
     assert len(instance.get_runs(RunsFilter(job_name="LinearFlow_resume"))) == resume_runs_before
 
 
-def test_broken_policy_then_fixed_loses_nothing(separate: SeparateDeployment) -> None:
+def _tick_saying(separate: SeparateDeployment, after: float, *fragments: str, timeout: float = 120) -> Any:
+    """The first finished tick started after ``after`` whose skip message holds every fragment."""
     instance = _instance(separate)
+
+    def found() -> Any:
+        for tick in sensor_ticks(instance, after):
+            message = tick.tick_data.skip_reason or ""
+            if all(fragment in message for fragment in fragments):
+                return tick
+        return None
+
     assert separate.deployment is not None
-    separate.deployment.policy_file.write_text("version: 1\ndefaults:\n  max_atempts: 3\n")
+    return wait_until(found, timeout, f"no tick saying {fragments}", separate.deployment.diagnostics)
+
+
+def _restart(separate: SeparateDeployment) -> float:
+    """Stop and start the daemon (its code servers load the location anew); when it restarted."""
+    separate.stop_daemon()
+    restarted = time.time()
+    separate.start_daemon()
+    return restarted
+
+
+def test_one_broken_flow_stops_only_itself(separate: SeparateDeployment, tmp_path: Path) -> None:
+    """A policy listing metaflow-dagster's unparseable file for a split inside a branch, and a file
+    whose flow class is gone, beside the examples: the location loads, the good flows' failures are
+    resumed, every tick names both broken flows, and a failure of the second's job is noted once."""
+    assert separate.deployment is not None
+    instance = _instance(separate)
+    unparseable = tmp_path / "split_in_branch_dagster.py"
+    flow = ROOT / "tests" / "e2e" / "flows" / "split_in_branch_flow.py"
+    compile_definitions(flow, unparseable, separate.deployment.env)
+    renamed = tmp_path / "renamed_dagster.py"
+    text = (ROOT / "examples" / "generated" / "linear_flow_dagster.py").read_text()
+    renamed.write_text(
+        text.replace("FLOW_NAME = 'LinearFlow'", "FLOW_NAME = 'NoSuchFlow'").replace(
+            "def LinearFlow():", "def RenamedLinear():"
+        )
+    )
+    write_policy(separate.deployment.policy_file, max_attempts=1, definitions_files=(unparseable, renamed))
+    restarted = _restart(separate)
+    first = _tick_saying(
+        separate,
+        restarted,
+        "flow disabled (broken, not resumed): flows[7].definitions_file: definitions file "
+        f"{unparseable} is not valid Python (line 563): unexpected indent; regenerate it",
+        "flow disabled (broken, not resumed): flows[8].definitions_file: flow file ",
+        "linear_flow.py has no flow class NoSuchFlow",
+    )
+    print(f"broken flows, tick message: {first.tick_data.skip_reason}")
+    good = create_failed_run(instance, "LinearFlow")
+    resume = wait_for_resume_of(instance, good, deployment=separate.deployment)
+    assert resume.job_name == "LinearFlow_resume"
+    # After that tick: a tick that requests runs has no skip message (its notes are in its log).
+    orphan = create_failed_run(instance, "RenamedLinear")
+    noted = f"run {orphan} (RenamedLinear): not resumed: its flow is disabled (flows[8].definitions_file)"
+    said = _tick_saying(separate, restarted, noted)
+    later = _tick_saying(separate, said.timestamp + 0.001, "flows[7].definitions_file")
+    assert orphan not in (later.tick_data.skip_reason or "")  # said once
+    assert instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: orphan})) == []
+    validated = separate.deployment.cli("validate")
+    assert validated.returncode == 3, validated.stderr
+    assert f"broken: flows[7].definitions_file: definitions file {unparseable} is not valid Python" in (
+        validated.stdout
+    )
+    assert "broken: flows[8].definitions_file: " in validated.stdout
+
+
+def test_invalid_policy_edit_stops_nothing(separate: SeparateDeployment) -> None:
+    """Through a workspace reload (the daemon's, every 60 s) and a daemon restart, ticks go on with
+    the last good policy and say why; failures keep being resumed; the fixed file rules the next
+    tick."""
+    assert separate.deployment is not None
+    instance = _instance(separate)
+    policy_file = separate.deployment.policy_file
+    write_policy(policy_file, max_attempts=1)
+    valid_at = time.time()
+    wait_for_ticks(instance, 1, after=valid_at)  # recorded as the last good policy
+    policy_file.write_text(
+        policy_file.read_text().replace("  max_attempts: 1\n", "  max_attempts: 1\n  max_atempts: 3\n")
+    )
     broken_at = time.time()
-    try:
-        (tick,) = wait_for_ticks(instance, 1, after=broken_at, timeout=60)[:1]
-    except AssertionError:
-        # The daemon reloaded the workspace (every 60 s) before the next tick: the auto_resume
-        # location now fails to load, with the same message, and the sensor does not tick.
-        with pytest.raises(PolicyError, match=r"defaults\.max_atempts: unknown field"):
-            build_definitions(separate.deployment.policy_file)
-    else:
-        assert tick.status.value == "FAILURE"
-        assert tick.tick_data.error is not None
-        assert "defaults.max_atempts: unknown field" in tick.tick_data.error.to_string()
-    run_ids = [create_failed_run(instance, "LinearFlow") for _ in range(3)]
-    # Still broken: later ticks fail the same way (or, once the daemon reloads the workspace,
-    # about every minute, the auto_resume location fails to load and the sensor does not tick).
-    time.sleep(12)
-    assert all(_tag(instance, r, tags.OBSERVED) is None for r in run_ids)
-    write_policy(separate.deployment.policy_file, extra="  mode: observe\n")
+    error = f"{policy_file}:7: defaults.max_atempts: unknown field"
+    fallback = "policy file invalid, deciding with the last good policy (in force since "
+    tick = _tick_saying(separate, broken_at, fallback, error, "fix: rename it to `max_attempts`")
+    print(f"bad edit, tick message: {tick.tick_data.skip_reason}")
+    before_reload = create_failed_run(instance, "LinearFlow")
+    wait_for_resume_of(instance, before_reload, deployment=separate.deployment)
+    # The daemon reloads its workspace every 60 s: the location loads again, from the last good policy.
+    time.sleep(max(0.0, broken_at + 65 - time.time()))
+    after_reload = create_failed_run(instance, "LinearFlow")
+    wait_for_resume_of(instance, after_reload, deployment=separate.deployment)
+    _tick_saying(separate, broken_at + 65, fallback, error)
+    restarted = _restart(separate)
+    _tick_saying(separate, restarted, fallback, error)
+    after_restart = create_failed_run(instance, "LinearFlow")
+    wait_for_resume_of(instance, after_restart, deployment=separate.deployment)
+    # No tick failed meanwhile: the error is in every message instead.
+    assert [t for t in sensor_ticks(instance, broken_at) if t.status.value == "FAILURE"] == []
+    validated = separate.deployment.cli("validate")
+    assert validated.returncode == 1
+    assert error in validated.stderr
+    assert "policy in force: the last good one, in force since " in validated.stderr
+    # Fixed (and now in observe mode): the next tick decides with it.
+    write_policy(policy_file, extra="  mode: observe\n")
+    fixed_at = time.time()
+    observed = create_failed_run(instance, "LinearFlow")
     wait_until(
-        lambda: all(_tag(instance, r, tags.OBSERVED) for r in run_ids),
-        240,  # the fixed policy is read on the next tick; a workspace reload may come first
-        "failures from the broken period were not handled after the fix",
+        lambda: _tag(instance, observed, tags.OBSERVED),
+        60,
+        "the fixed policy did not rule the next ticks",
         separate.deployment.diagnostics,
     )
+    assert instance.get_runs(RunsFilter(tags={tags.PARENT_RUN_ID: observed})) == []
+    ticks = [t for t in sensor_ticks(instance, fixed_at + 6) if t.status.value != "STARTED"]
+    assert all(fallback not in (t.tick_data.skip_reason or "") for t in ticks)
