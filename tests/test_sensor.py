@@ -567,3 +567,65 @@ def test_copied_or_unanswerable_request_is_not_answered(fresh: Sensor) -> None:
     assert f"run {copy} (OtherJob): manual resume request resume-of-{copy}: cannot be answered now" in (
         result.skip_reason.skip_message if result.skip_reason else ""
     )
+
+
+STORM = {"exception": "ConnectionError", "message": "database is down (host 10.0.0.7)"}
+
+
+def test_storm_breaker_opens_once_holds_the_storm_and_tries_one_resume(
+    ticker: Sensor, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    notes = tmp_path / "opened.txt"
+    ticker.write(
+        "breaker:\n  failures: 3\n  window_seconds: 600\n  cooldown_seconds: 300\n"
+        f"  on_open: {{command: [sh, -c, 'echo \"$AUTO_RESUME_EVENT $AUTO_RESUME_RUN_ID\" >> {notes}']}}\n"
+    )
+    storm = [create_failed_run(instance, job, **STORM) for job in ("LinearFlow", "BranchFlow") * 3]
+    other = create_failed_run(instance, "LinearFlow", exception="ValueError", message="bad input")
+    now = time.time()
+    # The first two of the storm are resumed; the third opens the breaker; another fingerprint goes on.
+    result = ticker.tick(now=now)
+    assert [r.run_key for r in requests(result)] == [f"resume-of-{r}" for r in (*storm[:2], other)]
+    assert notes.read_text() == f"breaker_opened {storm[2]}\n"
+    opener = instance.get_run_by_id(storm[2])
+    assert opener is not None and opener.tags[tags.BREAKER] == "opened"
+    assert json.loads(opener.tags[tags.BREAKER_OPENED])["breaker"].startswith("all flows: fingerprint ")
+    assert sorted(p["run_id"] for p in ticker.pending()) == sorted(storm[2:])
+    assert requests(ticker.tick(now=now + 200)) == []  # nothing is due during the cooldown
+    # After the cooldown, one resume is tried; the rest keep waiting behind it.
+    (probe,) = requests(ticker.tick(now=now + 301))
+    probed = str(probe.run_key).removeprefix("resume-of-")
+    assert probed in storm[2:]
+    assert requests(ticker.tick(now=now + 340)) == []
+    # The probe fails the same way: the breaker opens again, once more recorded.
+    create_requested_run(instance, probe)
+    create_failed_run(instance, "LinearFlow_resume", **STORM, run_tags={tags.PARENT_RUN_ID: probed})
+    assert requests(ticker.tick(now=now + 345)) == []
+    assert notes.read_text().count("breaker_opened") == 2
+    assert len(ticker.pending()) == 4  # the three still waiting, and the probe's own failure
+
+
+def test_storm_breaker_closes_when_its_probe_does_not_fail_the_same_way(
+    ticker: Sensor, instance: DagsterInstance
+) -> None:
+    ticker.write("defaults:\n  breaker: {failures: 2, window_seconds: 600, cooldown_seconds: 60}\n")
+    storm = [create_failed_run(instance, "LinearFlow", **STORM) for _ in range(4)]
+    now = time.time()
+    assert [r.run_key for r in requests(ticker.tick(now=now))] == [f"resume-of-{storm[0]}"]
+    (probe,) = requests(ticker.tick(now=now + 61))
+    probed = str(probe.run_key).removeprefix("resume-of-")
+    assert probed in storm[1:]
+    create_requested_run(instance, probe)
+    create_failed_run(
+        instance,
+        "LinearFlow_resume",
+        exception="KeyError",
+        message="'x'",
+        run_tags={tags.PARENT_RUN_ID: probed},
+    )
+    ticker.tick(now=now + 62)
+    breakers = json.loads(ticker.cursor or "{}").get("breakers", {}).values()
+    assert all(state["open_until"] is None for state in breakers)  # closed (a KeyError only counts)
+    # The failures that waited behind the probe are resumed once they are due again.
+    keys = [r.run_key for r in requests(ticker.tick(now=now + 100))]
+    assert sorted(keys) == sorted(f"resume-of-{r}" for r in storm[1:] if r != probed)

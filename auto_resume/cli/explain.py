@@ -18,6 +18,7 @@ from typing import Protocol
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
+from auto_resume.core.breaker import breaker_keys
 from auto_resume.core.decision import Action, Decision, FailedRun, decide, matching_rule
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.flow_shape import FlowShape, OriginTask, StepShape, TaskOutcome, check_step_name
@@ -32,6 +33,7 @@ from auto_resume.core.resume_plan import (
 )
 from auto_resume.core.run_ids import check_run_id, is_run_id
 from auto_resume.dagster import tags
+from auto_resume.dagster.breakers import open_breakers
 from auto_resume.dagster.code_location import LoadedFlow, load_flow
 from auto_resume.dagster.run_facts import end_event, failed_run_facts
 from auto_resume.dagster.runs import NOT_FINISHED_STATUSES, InFlight, resumes_of
@@ -104,6 +106,7 @@ class Explanation:
     plan: ResumePlan | None
     plan_error: str | None
     allowed_decorators: tuple[str, ...] = ()  # the policy's: what a resume may inject
+    open_breakers: tuple[dict[str, object], ...] = ()  # storm breakers open now that hold it back
 
 
 def check_dagster_run_id(run_id: str) -> str:
@@ -154,6 +157,12 @@ def explain_run(
     matched = matching_rule(facts, rules.errors) if run.status is DagsterRunStatus.FAILURE else None
     resumes = tuple(resumes_of(instance, run.run_id))
     decision = _as_the_sensor_sees_it(run, decision, resumes)
+    keys = {key for key, _ in breaker_keys(facts, deployment.job_name, policy.breaker, rules.breaker)}
+    breakers = [b for b in open_breakers(instance, now) if b.get("breaker") in keys]
+    if breakers and decision.action is Action.RESUME:  # the sensor holds it back, as it would
+        until = float(breakers[0]["until"])  # type: ignore[arg-type]
+        why = f"storm breaker {breakers[0]['breaker']} is open (opened by run {breakers[0]['run_id']})"
+        decision = replace(decision, action=Action.WAIT, reason=why, due_at=until)
     # The error rule's from_step shapes the resume as much as --from-step does.
     plan_from = from_step or decision.changes.from_step
     plan, plan_error = _plan(deployment, flow, facts.metaflow_run_id, plan_from)
@@ -169,6 +178,7 @@ def explain_run(
         plan=plan,
         plan_error=plan_error,
         allowed_decorators=policy.allowed_decorators,
+        open_breakers=tuple(breakers),
     )
 
 

@@ -62,6 +62,10 @@ class RunSummary(BaseModel):
     tasks_executed: int | None = Field(description="Tasks executed, all steps; None for the original run.")
     steps: tuple[StepCounts, ...] = Field(description="Per-step counts, in the order the steps finished.")
     gave_up: str | None = Field(description="Why auto-resume will not resume this run (auto_resume/gave_up).")
+    breaker_opened: str | None = Field(
+        default=None,
+        description="The storm breaker this failure opened, if it opened one (auto_resume/breaker_opened).",
+    )
     changes: dict[str, Any] | None = Field(
         default=None,
         description="How a resume ran differently from its origin, and the policy settings that asked "
@@ -234,11 +238,12 @@ def _summary(
         tasks_executed=sum(s.executed for s in steps) if counted else None,
         steps=steps,
         gave_up=run.tags.get(tags.GAVE_UP),
-        changes=_changes(run.tags.get(tags.CHANGES)),
+        changes=_json_tag(run.tags.get(tags.CHANGES)),
+        breaker_opened=(_json_tag(run.tags.get(tags.BREAKER_OPENED)) or {}).get("breaker"),
     )
 
 
-def _changes(text: str | None) -> dict[str, Any] | None:
+def _json_tag(text: str | None) -> dict[str, Any] | None:
     try:
         found = json.loads(text) if text else None
     except ValueError:

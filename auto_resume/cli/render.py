@@ -53,6 +53,7 @@ def explanation_document(explanation: Explanation, policy: Path) -> dict[str, An
         ],
         "plan": _plan_document(plan) if plan is not None else None,
         "plan_error": explanation.plan_error,
+        "open_breakers": list(explanation.open_breakers),
     }
 
 
@@ -109,6 +110,8 @@ def format_explanation(explanation: Explanation, policy: Path) -> str:
     lines.append(f"decision: {decision.action.value}: {decision.reason}")
     if decision.changes and decision.action in (Action.RESUME, Action.WAIT):
         lines.append(f"the resume would run: {decision.changes.describe()}")
+    for breaker in explanation.open_breakers:
+        lines.append(f"storm breaker open: {breaker['reason']} (run {breaker['run_id']})")
     lines.append(_format_plan(explanation.plan, explanation.plan_error))
     return "\n".join(lines)
 
@@ -252,6 +255,8 @@ def _format_run(label: str, run: RunSummary) -> str:
     parts = [f"  {label:<10} {run.run_id}  {run.status:<9}", f"metaflow {run.metaflow_run_id or '-'}"]
     if run.tasks_cloned is not None:
         parts.append(f"cloned {run.tasks_cloned}, executed {run.tasks_executed}")
+    if run.breaker_opened:
+        parts.append(f"opened storm breaker {run.breaker_opened}")
     if run.changes:
         shown = {key: value for key, value in run.changes.items() if key != "because"}
         because = ", ".join(run.changes.get("because") or ())

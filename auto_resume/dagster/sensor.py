@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from dagster import (
     DagsterEventType,
@@ -39,8 +40,10 @@ from dagster import (
     sensor,
 )
 
-from auto_resume.core.decision import Action, Decision, decide
+from auto_resume.core.breaker import BreakerBoard, breaker_keys
+from auto_resume.core.decision import Action, Decision, FailedRun, decide
 from auto_resume.dagster import disabled_flows, tags
+from auto_resume.dagster.breakers import close_finished_probes, record_opening
 from auto_resume.dagster.disabled_flows import DisabledFlow
 from auto_resume.dagster.notify import call_give_up_hook, give_up_values
 from auto_resume.dagster.policy_store import PolicyInForce, policy_in_force
@@ -56,6 +59,7 @@ from auto_resume.dagster.run_facts import end_event, failed_run_facts
 from auto_resume.dagster.runs import InFlight, resumes_by_parent, runs_by_id
 from auto_resume.metaflow.deployment import Deployment
 from auto_resume.policy.model import EffectiveFlowSettings, Policy
+from auto_resume.policy.settings import Breaker
 
 SENSOR_NAME = "auto_resume_sensor"
 # New failures read per tick. Each costs a few small queries, so a burst clears in one or two ticks.
@@ -81,6 +85,7 @@ class Pending:
 class _Cursor:
     after: int
     pending: list[Pending] = field(default_factory=list)
+    breakers: dict[str, Any] = field(default_factory=dict)  # BreakerBoard.dump()
 
     @classmethod
     def parse(cls, text: str | None) -> _Cursor | None:
@@ -88,10 +93,17 @@ class _Cursor:
             return None
         data = json.loads(text)
         # An older cursor's "errors" map is dropped: those failures are read again from `after`.
-        return cls(after=int(data["after"]), pending=[Pending(**p) for p in data.get("pending", [])])
+        return cls(
+            after=int(data["after"]),
+            pending=[Pending(**p) for p in data.get("pending", [])],
+            breakers=data.get("breakers") or {},
+        )
 
     def dump(self) -> str:
-        return json.dumps({"after": self.after, "pending": [asdict(p) for p in self.pending]}, sort_keys=True)
+        data: dict[str, Any] = {"after": self.after, "pending": [asdict(p) for p in self.pending]}
+        if self.breakers:
+            data["breakers"] = self.breakers
+        return json.dumps(data, sort_keys=True)
 
 
 @dataclass
@@ -209,7 +221,9 @@ def evaluate(
     tick.notes += disabled_flows.failure_notes(disabled, (runs.get(entry.run_id) for _, entry in work))
     requests = open_requests(instance, now)
     answered = resumes_by_parent(instance, list(runs) + [run.run_id for run, _ in requests])
-    scope = _Scope(instance, by_job, jobs, policy, InFlight(instance, policy.max_resumes_in_flight), now)
+    board = BreakerBoard(cursor.breakers)
+    load = InFlight(instance, policy.max_resumes_in_flight)
+    scope = _Scope(instance, by_job, jobs, policy, load, now, board)
     for run, request in requests:
         if not is_answered(request, answered.get(run.run_id, [])):
             tick.requested.add(run.run_id)
@@ -218,6 +232,9 @@ def evaluate(
         _evaluate_one(scope, record, entry, runs.get(entry.run_id), answered.get(entry.run_id, []), tick)
     if fresh:
         cursor.after = fresh[-1].storage_id
+    close_finished_probes(instance, board, cursor.after, tick.notes.append)
+    board.forget_quiet(now)
+    cursor.breakers = board.dump()
     cursor.pending = sorted(tick.pending, key=lambda p: p.storage_id)
     for note in tick.notes:
         context.log.info(note)
@@ -272,6 +289,7 @@ class _Scope:
     policy: Policy
     load: InFlight
     now: float
+    board: BreakerBoard
 
 
 def _evaluate_one(
@@ -331,6 +349,11 @@ def _decide_and_apply(
     """Gather the failure's facts, ask :func:`decide`, and request, record or keep it waiting."""
     instance = scope.instance
     facts = failed_run_facts(instance, run, record.event_log_entry)
+    breakers = breaker_keys(facts, deployment.job_name, scope.policy.breaker, rules.breaker)
+    if breakers and entry.seen_at == scope.now and entry.errors == 0:  # read for the first time
+        hooks = {key: breaker.on_open for key, breaker in breakers}
+        for opening in scope.board.record(facts, breakers, scope.now):
+            record_opening(instance, opening, hooks[opening.key], tick.notes.append)
     situation = scope.load.situation(deployment.job_name, rules, scope.now, entry.seen_at)
     decision = decide(facts, rules, situation)
     request = None
@@ -338,6 +361,9 @@ def _decide_and_apply(
         outcome = resume_run_request(deployment, scope.jobs, facts, decision, rules)
         if isinstance(outcome, Decision):
             decision = outcome
+        elif breakers:
+            decision = _behind_breakers(scope, facts, breakers, rules, decision)
+            request = outcome if decision.action is Action.RESUME else None
         else:
             request = outcome
     if decision.action is Action.WAIT:
@@ -356,6 +382,26 @@ def _decide_and_apply(
     tick.notes.append(
         f"run {run.run_id} ({run.job_name}): {prefix}{decision.action.value}: {decision.reason}"
     )
+
+
+def _behind_breakers(
+    scope: _Scope,
+    facts: FailedRun,
+    breakers: list[tuple[str, Breaker]],
+    rules: EffectiveFlowSettings,
+    decision: Decision,
+) -> Decision:
+    """A resume an open storm breaker holds back waits for it, up to ``max_failure_age_seconds``."""
+    held = scope.board.gate(facts, breakers, scope.now)
+    if held is None:
+        return decision
+    why, due_at = held
+    limit = rules.max_failure_age_seconds
+    if limit is not None and scope.now - facts.failed_at > limit:
+        return replace(
+            decision, action=Action.SKIP, reason=f"{why}; waited past max_failure_age_seconds ({limit})"
+        )
+    return replace(decision, action=Action.WAIT, reason=why, due_at=due_at)
 
 
 def _answer_request(scope: _Scope, run: DagsterRun, request: ResumeRequest, tick: _Tick) -> None:

@@ -34,6 +34,8 @@ RESUME_REQUEST = PREFIX + "resume_request"
 DUPLICATE_OF = PREFIX + "duplicate_of"
 FLOW = PREFIX + "flow"
 CHANGES = PREFIX + "changes"
+BREAKER = PREFIX + "breaker"
+BREAKER_OPENED = PREFIX + "breaker_opened"
 
 TAGS: tuple[Tag, ...] = (
     Tag(ROOT_RUN_ID, "resume runs", "Dagster run id of the original failure (the lineage root)"),
@@ -67,6 +69,12 @@ TAGS: tuple[Tag, ...] = (
         "resume runs",
         'how it runs differently from its origin, and which policy settings asked: `{"with", '
         '"metaflow_tags", "max_runtime_seconds", "from_step", "because"}` (JSON)',
+    ),
+    Tag(BREAKER, "failed runs", "`opened`: this failure opened a storm breaker"),
+    Tag(
+        BREAKER_OPENED,
+        "failed runs",
+        'the breaker it opened: `{"breaker", "until", "reason"}` (JSON; `until` is POSIX time)',
     ),
 )
 

@@ -18,6 +18,7 @@ from auto_resume.metaflow.decorator_specs import DEFAULT_ALLOWED_DECORATORS
 from auto_resume.policy.settings import (
     MERGED_KEY_BY_KEY,
     OVERRIDABLE,
+    Breaker,
     Defaults,
     GiveUpHook,
     Overrides,
@@ -160,6 +161,11 @@ class Policy(BaseModel):
         strict=True,
         description="Resume runs of all flows queued or running at once.",
         examples=[10],
+    )
+    breaker: Breaker | None = Field(
+        default=None,
+        description="A storm breaker over the failures of every watched flow.",
+        examples=[{"failures": 20, "window_seconds": 300, "scope": "fingerprint", "cooldown_seconds": 900}],
     )
     on_give_up: GiveUpHook | None = Field(
         default=None,

@@ -359,6 +359,35 @@ class GiveUpHook(BaseModel):
         return self
 
 
+class Breaker(BaseModel):
+    """A storm breaker: when ``failures`` failures of one scope arrive within ``window_seconds``,
+    resumes in that scope stop for ``cooldown_seconds``; then one resume is tried, and a failure
+    of the same scope opens the breaker again. Failures wait meanwhile (nothing is lost)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    failures: int = Field(ge=2, strict=True, description="Failures that open the breaker.", examples=[20])
+    window_seconds: float = Field(
+        gt=0, strict=True, description="Within this many seconds of each other.", examples=[300]
+    )
+    scope: Literal["fingerprint", "flow", "all"] = Field(
+        default="fingerprint",
+        description="What counts together: `fingerprint` (exception class and normalised message, "
+        "across flows), `flow` (each flow's failures), `all`.",
+        examples=["fingerprint"],
+    )
+    cooldown_seconds: float = Field(
+        gt=0, strict=True, description="How long resumes in that scope stop.", examples=[900]
+    )
+    on_open: GiveUpHook | None = Field(
+        default=None,
+        description="Called once each time the breaker opens; AUTO_RESUME_EVENT=breaker_opened, "
+        "AUTO_RESUME_BREAKER, AUTO_RESUME_REASON, AUTO_RESUME_RUN_ID (the failure that opened it), "
+        "AUTO_RESUME_JOB_NAME, AUTO_RESUME_UNTIL are set.",
+        examples=[{"command": ["/usr/local/bin/page-oncall"]}],
+    )
+
+
 def check_tags(value: dict[str, str] | None) -> dict[str, str] | None:
     """Rejects tag keys Dagster refuses and keys in the namespaces auto-resume or Dagster own."""
     for key in value or {}:
@@ -444,6 +473,11 @@ class Defaults(_FlowSettingsModel):
     with_: tuple[str, ...] = WITH_FIELD
     metaflow_tags: tuple[str, ...] = METAFLOW_TAGS_FIELD
     max_runtime_seconds: int | None = MAX_RUNTIME_FIELD
+    breaker: Breaker | None = Field(
+        default=None,
+        description="A storm breaker over this flow's failures only.",
+        examples=[{"failures": 10, "window_seconds": 300, "cooldown_seconds": 900}],
+    )
 
 
 # Settings that an override adds to, key by key, instead of replacing them.
