@@ -154,6 +154,25 @@ def test_run_of_a_job_not_in_the_policy_exits_1(
     assert "LinearFlow" in document["error"]  # the jobs that are in it
 
 
+def test_explain_a_run_beside_a_broken_flow(
+    home: DagsterInstance, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One unreadable entry stops only itself, as in the code location; a run of it says why."""
+    policy = _write_policy(tmp_path / "policy.yaml")
+    policy.write_text(policy.read_text() + f"  - definitions_file: {tmp_path / 'gone_dagster.py'}\n")
+    status, document = _cli(capsys, "explain", _run(home, "dagster-0123456789ab"))
+    assert status == 0 and document["decision"]["action"] == "resume"
+    status, document = _cli(capsys, "explain", _run(home, "dagster-0123456789ab", job_def=other_flow))
+    assert status == 1
+    assert (
+        "a run of OtherFlow, which is not among the flows of the policy that can be read" in document["error"]
+    )
+    assert (
+        f"flows[1].definitions_file: definitions file {tmp_path / 'gone_dagster.py'} does not exist"
+        in (document["error"])
+    )
+
+
 @pytest.mark.parametrize("command", ["explain", "resume"])
 def test_run_still_going_exits_1(
     home: DagsterInstance, capsys: pytest.CaptureFixture[str], command: str
