@@ -173,6 +173,36 @@ def test_explain_a_run_beside_a_broken_flow(
     )
 
 
+def test_explain_decides_under_the_last_good_policy_while_the_file_is_invalid(
+    home: DagsterInstance, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """As the sensor decides meanwhile; with no last good policy, the file's error as before."""
+    from auto_resume.dagster.policy_store import read_last_good, record_good
+
+    policy = tmp_path / "policy.yaml"
+    run_id = _run(home, "dagster-0123456789ab")
+    good = policy.read_text()
+    policy.write_text(good.replace("flows:", "defaults: {max_atempts: 3}\nflows:"))
+    status, document = _cli(capsys, "explain", run_id)
+    assert status == 1 and "defaults.max_atempts: unknown field" in document["error"]
+    record_good(
+        home, policy, good.replace("flows:", "defaults: {max_attempts: 5}\nflows:"), now=1_780_000_000
+    )
+    status, document = _cli(capsys, "explain", run_id)
+    assert status == 0
+    assert document["decision"]["reason"].endswith("(attempt 1 of 5)")
+    assert document["policy_note"].startswith(
+        "policy file invalid, deciding with the last good policy (in force since 2026-05-28 20:26:40 UTC)"
+    )
+    assert "defaults.max_atempts: unknown field" in document["policy_note"]
+    assert main(["explain", run_id]) == 0
+    assert (
+        "\npolicy in force: policy file invalid, deciding with the last good policy"
+        in capsys.readouterr().out
+    )
+    assert read_last_good(home, policy) is not None and read_last_good(home, policy).since == 1_780_000_000
+
+
 @pytest.mark.parametrize("command", ["explain", "resume"])
 def test_run_still_going_exits_1(
     home: DagsterInstance, capsys: pytest.CaptureFixture[str], command: str

@@ -35,6 +35,7 @@ from auto_resume.core.run_ids import check_run_id, is_run_id
 from auto_resume.dagster import tags
 from auto_resume.dagster.breakers import open_breakers
 from auto_resume.dagster.code_location import LoadedFlow, load_flow
+from auto_resume.dagster.policy_store import fall_back
 from auto_resume.dagster.run_facts import end_event, failed_run_facts
 from auto_resume.dagster.runs import NOT_FINISHED_STATUSES, InFlight, resumes_of
 from auto_resume.metaflow.deployment import Deployment, DeploymentError
@@ -107,6 +108,8 @@ class Explanation:
     plan_error: str | None
     allowed_decorators: tuple[str, ...] = ()  # the policy's: what a resume may inject
     open_breakers: tuple[dict[str, object], ...] = ()  # storm breakers open now that hold it back
+    # Set while the policy file is invalid: decided, as the sensor decides, under the last good one.
+    policy_note: str | None = None
 
 
 def check_dagster_run_id(run_id: str) -> str:
@@ -141,7 +144,7 @@ def explain_run(
             an invalid policy or ``from_step``.
     """
     run = _finished_run(instance, check_dagster_run_id(run_id))
-    policy, loaded, rules = _watched(policy_path, run)
+    policy, loaded, rules, policy_note = _watched(instance, policy_path, run)
     deployment, flow = loaded.deployment, loaded.shape
     if from_step:
         try:
@@ -179,6 +182,7 @@ def explain_run(
         plan_error=plan_error,
         allowed_decorators=policy.allowed_decorators,
         open_breakers=tuple(breakers),
+        policy_note=policy_note,
     )
 
 
@@ -223,12 +227,20 @@ def _finished_run(instance: DagsterInstance, run_id: str) -> DagsterRun:
     return run
 
 
-def _watched(policy_path: Path, run: DagsterRun) -> tuple[Policy, LoadedFlow, EffectiveFlowSettings]:
-    """The policy, the flow whose job (or resume job) ``run`` belongs to, and its settings."""
+def _watched(
+    instance: DagsterInstance, policy_path: Path, run: DagsterRun
+) -> tuple[Policy, LoadedFlow, EffectiveFlowSettings, str | None]:
+    """The policy, the flow whose job (or resume job) ``run`` belongs to, its settings, and a note
+    when the file is invalid and the last good policy decides, as it does in the sensor."""
+    note = None
     try:
         policy = load_policy(policy_path)
     except PolicyError as exc:
-        raise OperatorError(str(exc)) from exc
+        try:
+            in_force = fall_back(instance, policy_path, exc)  # reads the instance, records nothing
+        except PolicyError:
+            raise OperatorError(str(exc)) from exc
+        policy, note = in_force.policy, "; ".join(in_force.notes())
     jobs = []
     unreadable = []  # as in the code location, one flow that cannot be read stops only itself
     for index, entry in enumerate(policy.flows):
@@ -240,7 +252,7 @@ def _watched(policy_path: Path, run: DagsterRun) -> tuple[Policy, LoadedFlow, Ef
         deployment = loaded.deployment
         if run.job_name in (deployment.job_name, deployment.resume_job_name):
             rules = policy.settings_for(deployment.definitions_file, deployment.job_name)
-            return policy, loaded, rules
+            return policy, loaded, rules, note
         jobs.append(deployment.job_name)
     if unreadable:
         raise OperatorError(

@@ -341,8 +341,8 @@ def _add_explain(commands: Any) -> None:
     explain.add_argument(
         "--json",
         action="store_true",
-        help='print {"run_id", "job_name", "status", "metaflow_run_id", "policy", "failure", '
-        '"decision", "resumes", "plan", "plan_error"}',
+        help='print {"run_id", "job_name", "status", "metaflow_run_id", "policy", "policy_note", '
+        '"failure", "decision", "resumes", "plan", "plan_error"}',
     )
 
 

@@ -32,6 +32,7 @@ def explanation_document(explanation: Explanation, policy: Path) -> dict[str, An
         "status": explanation.run.status.value,
         "metaflow_run_id": facts.metaflow_run_id,
         "policy": str(policy),
+        "policy_note": explanation.policy_note,
         "failure": {
             "reason": facts.failure_reason,
             "step": facts.step_name,
@@ -101,6 +102,8 @@ def format_explanation(explanation: Explanation, policy: Path) -> str:
         f"policy: {policy}: {explanation.deployment.job_name} enabled={rules.enabled}, "
         f"mode={rules.mode}, max_attempts={rules.max_attempts}"
     )
+    if explanation.policy_note:
+        lines.append(f"policy in force: {explanation.policy_note}")
     rule = (
         f"errors[{explanation.rule_index}] matched" if explanation.rule_index is not None else "none matched"
     )
