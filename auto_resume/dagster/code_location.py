@@ -61,20 +61,7 @@ def load_flow(entry: FlowEntry) -> LoadedFlow:
             "relative to the policy file's directory)"
         )
     deployment = read_deployment(entry.definitions_file)
-    try:
-        shape = load_flow_shape(deployment.flow_file, deployment.flow_name)
-    except MetaflowAccessError as exc:
-        raise _FlowOfJobError(exc, deployment) from exc
-    return LoadedFlow(deployment, shape, None)
-
-
-class _FlowOfJobError(MetaflowAccessError):
-    """The flow of a definitions file that was read fails: its job names are known."""
-
-    def __init__(self, cause: MetaflowAccessError, deployment: Deployment) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.job_names = (deployment.job_name, deployment.resume_job_name)
+    return LoadedFlow(deployment, load_flow_shape(deployment.flow_file, deployment.flow_name), None)
 
 
 def build_definitions(
@@ -166,12 +153,11 @@ def _build_flow(
         resume_job = build_resume_job(deployment, loaded.shape, policy.allowed_decorators)
         flow_job = build_flow_job(deployment, loaded.flow_file) if loaded.flow_file is not None else None
     except UnsupportedFlowError as exc:
-        return DisabledFlow(field, entry.source, str(exc), refused=True, job_names=job_names)
-    except _FlowOfJobError as exc:
-        refused = isinstance(exc.cause, UnsupportedFlowError)
-        return DisabledFlow(field, entry.source, str(exc), refused=refused, job_names=exc.job_names)
+        return DisabledFlow(field, entry.source, str(exc), refused=True, job_names=_jobs_of(entry, job_names))
     except (DeploymentError, MetaflowAccessError) as exc:
-        return DisabledFlow(field, entry.source, str(exc), refused=False, job_names=job_names)
+        return DisabledFlow(
+            field, entry.source, str(exc), refused=False, job_names=_jobs_of(entry, job_names)
+        )
     except Exception as exc:  # one flow's surprise must not take the other flows down
         reason = (
             f"{entry.source}: loading it raised {type(exc).__name__}: {exc}; fix the file, or remove "
@@ -179,3 +165,15 @@ def _build_flow(
         )
         return DisabledFlow(field, entry.source, reason, refused=False, job_names=job_names)
     return loaded, resume_job, flow_job
+
+
+def _jobs_of(entry: FlowEntry, known: tuple[str, ...]) -> tuple[str, ...]:
+    """The job names of a disabled entry: ``known``, or those its definitions file names, if it
+    can be read (its flow is what failed), so that their failures are said not to be resumed."""
+    if known or entry.definitions_file is None:
+        return known
+    try:
+        deployment = read_deployment(entry.definitions_file)
+    except DeploymentError:
+        return ()
+    return (deployment.job_name, deployment.resume_job_name)
