@@ -445,6 +445,59 @@ def test_decide(
         assert decision.due_at is not None and decision.due_at >= situation.now
 
 
+PARK_NEVER_OOM = ErrorRule(action="never", exception="Memory*", on_code_change="resume")
+KEEP_OOM = ErrorRule(action="never", exception="Memory*", on_code_change="give_up")
+# A resume (attempt 2) failing exactly like the attempt before it.
+SAME_AGAIN = failed(run_id="run-11", attempt=2, root_run_id="run-9", parent_failure=SAME)
+OTHER_AGAIN = failed(run_id="run-11", attempt=2, root_run_id="run-9", parent_failure="another")
+
+
+# (failed run, rules, parked?, fragment of the reason): which give-ups are parked instead.
+PARK_CASES = [
+    # An error rule says never, and on_code_change: resume on the rule: parked.
+    pytest.param(ORIGINAL, rules(errors=[PARK_NEVER_OOM]), True, "errors[0]", id="rule-parks"),
+    # The same rule, with the flow's on_code_change: resume instead: parked.
+    pytest.param(
+        ORIGINAL, rules(errors=[NEVER_OOM], on_code_change="resume"), True, "errors[0]", id="flow-parks"
+    ),
+    # The rule's give_up wins over the flow's resume: given up for good.
+    pytest.param(
+        ORIGINAL, rules(errors=[KEEP_OOM], on_code_change="resume"), False, "errors[0]", id="rule-wins"
+    ),
+    # The default (give_up): given up for good, as before.
+    pytest.param(ORIGINAL, rules(errors=[NEVER_OOM]), False, "errors[0]", id="default-gives-up"),
+    # max_attempts spent, failing like the attempt before: deterministic, parked.
+    pytest.param(SAME_AGAIN, rules(on_code_change="resume"), True, "max_attempts (2) spent", id="spent-same"),
+    # max_attempts spent with another failure each time: not shown deterministic, given up.
+    pytest.param(
+        OTHER_AGAIN, rules(on_code_change="resume"), False, "max_attempts (2) spent", id="spent-other"
+    ),
+    # stop_on_same_failure: deterministic, parked.
+    pytest.param(
+        dataclasses.replace(SAME_AGAIN, attempt=1),
+        rules(on_code_change="resume", stop_on_same_failure=True),
+        True,
+        "failed like the attempt before it",
+        id="same-failure",
+    ),
+    # No Metaflow run to resume: nothing a code change could resume, given up.
+    pytest.param(
+        failed(metaflow_run_id=None), rules(on_code_change="resume"), False, "nothing to resume", id="no-run"
+    ),
+]
+
+
+@pytest.mark.parametrize(("run", "rules", "parked", "fragment"), PARK_CASES)
+def test_deterministic_give_ups_are_parked_under_on_code_change(
+    run: FailedRun, rules: FlowRules, parked: bool, fragment: str
+) -> None:
+    decision = decide(run, rules, at(0))
+    assert decision.action is Action.GIVE_UP
+    assert decision.parked is parked
+    assert fragment in decision.reason
+    assert ("parked until the flow's code changes" in decision.reason) is parked
+
+
 def test_decide_without_situation_is_at_the_failure_time() -> None:
     assert decide(ORIGINAL, rules(backoff=Backoff(initial_seconds=1))).action is Action.WAIT
 

@@ -72,6 +72,9 @@ class Decision:
     root_run_id: str = ""
     due_at: float | None = None  # WAIT: decide again from this POSIX time on
     changes: ResumeChanges = field(default_factory=ResumeChanges)  # RESUME, WAIT: how the resume will run
+    # GIVE_UP of a deterministic failure under `on_code_change: resume`: parked, not given up for
+    # good; resumed once when the flow's code fingerprint changes (auto_resume.dagster.parking).
+    parked: bool = False
 
 
 _NUMBERS = re.compile(r"0x[0-9a-f]+|[0-9a-f]{8,}|\d+")
@@ -162,9 +165,12 @@ def decide(failed: FailedRun, rules: FlowRules, situation: Situation | None = No
         return skipped
     root = failed.root_run_id or failed.run_id
     attempt = failed.attempt + 1
-    reason = _give_up_reason(failed, rules, attempt, root)
-    if reason is not None:
-        return Decision(Action.GIVE_UP, reason, attempt, root)
+    given_up = _give_up_reason(failed, rules, attempt, root)
+    if given_up is not None:
+        reason, parked = given_up
+        if parked:
+            reason += "; parked until the flow's code changes (on_code_change: resume)"
+        return Decision(Action.GIVE_UP, reason, attempt, root, parked=parked)
     changes = changes_for(rules, matching_rule(failed, rules.errors))
     wait = _wait(failed, rules, now, attempt)
     if wait is not None:
@@ -199,24 +205,34 @@ def _skip(failed: FailedRun, rules: FlowRules, now: Situation) -> Decision | Non
     return None
 
 
-def _give_up_reason(failed: FailedRun, rules: FlowRules, attempt: int, root: str) -> str | None:
-    """Why the failure must never be resumed, if it must not: nothing to resume, or the rules."""
+def _give_up_reason(failed: FailedRun, rules: FlowRules, attempt: int, root: str) -> tuple[str, bool] | None:
+    """Why the failure must never be resumed, if it must not, and whether it is parked instead.
+
+    A failure is parked (resumed once its flow's code changes) when the give-up says it is
+    deterministic (an error rule says never, max_attempts spent failing like the attempt before,
+    the same failure twice) and ``on_code_change`` is ``resume``: the matching rule's, else the flow's.
+    """
     if failed.metaflow_run_id is None:
-        return f"run {failed.run_id} failed before any Metaflow step started: nothing to resume"
+        return f"run {failed.run_id} failed before any Metaflow step started: nothing to resume", False
     matched = matching_rule(failed, rules.errors)
+    on_code_change = rules.on_code_change
+    if matched is not None and matched[1].on_code_change is not None:
+        on_code_change = matched[1].on_code_change
+    park = on_code_change == "resume"
     if matched is not None and matched[1].action == "never":
         return (
             f"error rule errors[{matched[0]}] says never resume this failure "
             f"({failed.failure_reason}, step {failed.step_name}, {failed.exception_class})"
-        )
-    if attempt > rules.max_attempts:
-        return f"max_attempts ({rules.max_attempts}) spent for the failure of run {root}"
+        ), park
     signature = failure_signature(failed.step_name, failed.exception_class, failed.message)
-    if rules.stop_on_same_failure and failed.parent_failure == signature:
+    same = failed.parent_failure == signature
+    if attempt > rules.max_attempts:
+        return f"max_attempts ({rules.max_attempts}) spent for the failure of run {root}", park and same
+    if rules.stop_on_same_failure and same:
         return (
             f"resume attempt {failed.attempt} failed like the attempt before it (step "
             f"{failed.step_name}, {failed.exception_class}): not transient"
-        )
+        ), park
     return None
 
 

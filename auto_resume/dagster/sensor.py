@@ -46,6 +46,7 @@ from auto_resume.dagster import disabled_flows, tags
 from auto_resume.dagster.breakers import close_finished_probes, record_opening
 from auto_resume.dagster.disabled_flows import DisabledFlow
 from auto_resume.dagster.notify import call_give_up_hook, give_up_values
+from auto_resume.dagster.parking import park, resume_changed
 from auto_resume.dagster.policy_store import PolicyInForce, policy_in_force
 from auto_resume.dagster.resume_requests import (
     FORCED,
@@ -223,13 +224,14 @@ def evaluate(
     answered = resumes_by_parent(instance, list(runs) + [run.run_id for run, _ in requests])
     board = BreakerBoard(cursor.breakers)
     load = InFlight(instance, policy.max_resumes_in_flight)
-    scope = _Scope(instance, by_job, jobs, policy, load, now, board)
+    scope = _Scope(instance, by_job, jobs, policy, load, now, board, tick)
     for run, request in requests:
         if not is_answered(request, answered.get(run.run_id, [])):
             tick.requested.add(run.run_id)
             _answer_request(scope, run, request, tick)
     for record, entry in work:
         _evaluate_one(scope, record, entry, runs.get(entry.run_id), answered.get(entry.run_id, []), tick)
+    resume_changed(instance, by_job, jobs, policy, now, scope.request, tick.notes.append)
     if fresh:
         cursor.after = fresh[-1].storage_id
     close_finished_probes(instance, board, cursor.after, tick.notes.append)
@@ -290,6 +292,12 @@ class _Scope:
     load: InFlight
     now: float
     board: BreakerBoard
+    tick: _Tick
+
+    def request(self, job_name: str, run_request: RunRequest) -> None:
+        """Add ``run_request`` (a resume of ``job_name``) to the tick and count it in flight."""
+        if self.tick.request(run_request):
+            self.load.add(job_name)
 
 
 def _evaluate_one(
@@ -376,6 +384,10 @@ def _decide_and_apply(
     elif request is not None:
         if tick.request(request):
             scope.load.add(deployment.job_name)
+    elif decision.parked:
+        code = park(instance, run, deployment, decision)
+        tick.notes.append(f"run {run.run_id} ({run.job_name}): park (code {code}): {decision.reason}")
+        return
     elif decision.action is Action.GIVE_UP:
         _record_give_up(instance, run, decision, scope.policy, tick)
     prefix = "observe mode, would " if observe else ""

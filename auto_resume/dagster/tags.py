@@ -36,6 +36,13 @@ FLOW = PREFIX + "flow"
 CHANGES = PREFIX + "changes"
 BREAKER = PREFIX + "breaker"
 BREAKER_OPENED = PREFIX + "breaker_opened"
+PARKED = PREFIX + "parked"
+PARKED_CODE = PREFIX + "parked_code"
+CODE_CHANGED = PREFIX + "code_changed"
+# Values of PARKED: waiting for a code change (the value the sensor queries), and after.
+PARKED_WAITING = "waiting"
+PARKED_RESUMED = "resumed"
+PARKED_EXPIRED = "expired"
 
 TAGS: tuple[Tag, ...] = (
     Tag(ROOT_RUN_ID, "resume runs", "Dagster run id of the original failure (the lineage root)"),
@@ -75,6 +82,19 @@ TAGS: tuple[Tag, ...] = (
         BREAKER_OPENED,
         "failed runs",
         'the breaker it opened: `{"breaker", "until", "reason"}` (JSON; `until` is POSIX time)',
+    ),
+    Tag(
+        PARKED,
+        "failed runs",
+        "`waiting`: given up as deterministic, parked until the flow's code changes "
+        "(`on_code_change: resume`); then `resumed`, or `expired` past max_failure_age_seconds",
+    ),
+    Tag(PARKED_CODE, "failed runs", "fingerprint of the flow's code when the failure was parked"),
+    Tag(
+        CODE_CHANGED,
+        "resume runs",
+        "the resume of a parked failure, launched because the flow's code changed: "
+        "`<fingerprint when parked> -> <fingerprint now>`",
     ),
 )
 

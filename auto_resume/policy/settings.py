@@ -20,6 +20,14 @@ Switch = Annotated[bool, Field(strict=True)]  # strict: reject "yes", 1, ...
 Attempts = Annotated[int, Field(ge=0, strict=True)]  # strict: reject "2", 2.5, true
 Seconds = Annotated[float, Field(ge=0, strict=True)]
 Mode = Literal["act", "observe"]
+# What becomes of a failure given up as deterministic: given up for good, or parked until the
+# flow's code changes, then resumed once (auto_resume.dagster.parking).
+OnCodeChange = Literal["give_up", "resume"]
+ON_CODE_CHANGE_DESCRIPTION = (
+    "`resume`: a failure given up as deterministic (an error rule says never, max_attempts spent "
+    "failing the same way, stop_on_same_failure) is parked instead, and resumed once, with a fresh "
+    "attempt budget, when the flow's code fingerprint changes; `give_up`: given up for good."
+)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Dagster's RunFailureReason values, lower-cased. unexpected_termination: the run worker died.
@@ -149,6 +157,11 @@ class ErrorRule(BaseModel):
         default=None,
         description="Re-run this Metaflow step and every step after it, even where they completed.",
         examples=["start"],
+    )
+    on_code_change: OnCodeChange | None = Field(
+        default=None,
+        description=ON_CODE_CHANGE_DESCRIPTION + " Null: the flow's `on_code_change`.",
+        examples=["resume"],
     )
 
     @field_validator("reason", "with_", "metaflow_tags", mode="before")
@@ -477,6 +490,9 @@ class Defaults(_FlowSettingsModel):
         default=None,
         description="A storm breaker over this flow's failures only.",
         examples=[{"failures": 10, "window_seconds": 300, "cooldown_seconds": 900}],
+    )
+    on_code_change: OnCodeChange = Field(
+        default="give_up", description=ON_CODE_CHANGE_DESCRIPTION, examples=["resume"]
     )
 
 
