@@ -14,6 +14,7 @@ import difflib
 import json
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, get_args
 
@@ -351,7 +352,13 @@ def parse_policy(text: str, path: Path) -> Policy:
     Raises:
         PolicyError: If the text is not YAML or not a valid policy.
     """
-    path = path.absolute()
+    return _parse_policy(text, path.absolute())
+
+
+# The sensor reads the policy on every tick, and it rarely changes: the same text of the same file
+# validates to the same (frozen) Policy. A text with problems raises each time, uncached.
+@lru_cache(maxsize=16)
+def _parse_policy(text: str, path: Path) -> Policy:
     root, data = _read_yaml(path, text)
     if root is None:
         raise _fail(path, [_Problem("the file is empty (or only comments)", "add `version: 1`", ())])
