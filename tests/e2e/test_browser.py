@@ -155,11 +155,21 @@ def _switch(driver: Any) -> Any:
     return switches[0] if switches else None
 
 
-def _switch_is_on(driver: Any) -> bool:
+def _switch_state(driver: Any) -> bool | None:
+    """Whether the sensor's switch shows it running; None while there is none, or while the page
+    re-renders it (React may replace the element between finding it and reading it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    switch = _switch(driver)
-    return bool(switch is not None and switch.find_element(By.CSS_SELECTOR, "input").is_selected())
+    try:
+        switch = _switch(driver)
+        return None if switch is None else bool(switch.find_element(By.CSS_SELECTOR, "input").is_selected())
+    except StaleElementReferenceException:
+        return None
+
+
+def _switch_is_on(driver: Any) -> bool:
+    return _switch_state(driver) is True
 
 
 def test_sensor_toggle_in_the_ui_stops_and_starts_the_sensor(
@@ -179,10 +189,11 @@ def test_sensor_toggle_in_the_ui_stops_and_starts_the_sensor(
             f"after the first click the stored state is still {_stored_status(deployment)}",
             browser,
         )
-        _wait_for(lambda: not _switch_is_on(browser), STATE_TIMEOUT, "the toggle did not show off", browser)
+        off = "the toggle did not show off"
+        _wait_for(lambda: _switch_state(browser) is False, STATE_TIMEOUT, off, browser)
     finally:
         # Whatever happened, leave the sensor running: the other end-to-end tests need it.
-        if _switch(browser) is not None and not _switch_is_on(browser):
+        if _switch_state(browser) is False:
             _switch(browser).click()
     _wait_for(
         lambda: _stored_status(deployment) == InstigatorStatus.RUNNING,
