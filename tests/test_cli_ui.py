@@ -20,7 +20,7 @@ def test_sandbox_is_a_sqlite_instance_with_a_running_sensor_and_two_locations(tm
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
     defs = build_definitions(sandbox.policy)
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
-    assert sensor.minimum_interval_seconds == 5
+    assert sensor.minimum_interval_seconds == 4  # the policy's 5 s, declared one second less
     assert sensor.default_status.value == "RUNNING"
     assert [job.name for job in defs.resolve_all_job_defs()] == ["ForeachFlow_resume"]
     locations = [

@@ -81,9 +81,9 @@ class Sensor:
         flows = "".join(f"  - definitions_file: {GENERATED / name}\n" for name in FILES)
         self.policy.write_text(f"version: 1\n{settings}flows:\n{flows}")
 
-    def tick(self, now: float | None = None) -> SensorResult:
+    def tick(self, now: float | None = None, **options: float) -> SensorResult:
         context = build_sensor_context(instance=self.instance, cursor=self.cursor)
-        result = evaluate(context, self.by_job, self.jobs, self.policy, now=now)
+        result = evaluate(context, self.by_job, self.jobs, self.policy, now=now, **options)
         self.cursor = result.cursor
         return result
 
@@ -464,6 +464,27 @@ def test_burst_is_decided_in_one_tick(ticker: Sensor, instance: DagsterInstance)
     print(f"20 failures decided in one tick: {elapsed:.2f}s on SQLite")
 
 
+def test_a_spent_budget_leaves_the_rest_unread_for_the_next_tick(
+    ticker: Sensor, instance: DagsterInstance
+) -> None:
+    # A budget of 0 s is spent by the first decision: each tick decides one failure, the others
+    # stay unread after it; a failure waiting (backoff) that is due is kept waiting the same way.
+    ticker.write("defaults:\n  backoff: {initial_seconds: 60}\n")
+    waiting = create_failed_run(instance, "LinearFlow")
+    assert requests(ticker.tick()) == []
+    assert [p["run_id"] for p in ticker.pending()] == [waiting]
+    runs = [create_failed_run(instance, "LinearFlow") for _ in range(3)]
+    later = time.time() + 3600
+    seen: list[str] = []
+    for _ in range(4):
+        result = ticker.tick(now=later, budget_seconds=0)
+        seen += [r.run_key for r in requests(result)]
+        assert len(requests(result)) == 1
+    assert seen == [f"resume-of-{r}" for r in [waiting, *runs]]
+    assert ticker.pending() == []
+    assert requests(ticker.tick(now=later)) == []  # none decided twice
+
+
 def test_sensor_takes_interval_and_status_from_policy(tmp_path: Path, watched) -> None:  # type: ignore[no-untyped-def]
     by_job, jobs = watched
     path = tmp_path / "policy.yaml"
@@ -475,6 +496,11 @@ def test_sensor_takes_interval_and_status_from_policy(tmp_path: Path, watched) -
     definition = build_auto_resume_sensor(deployments, list(jobs.values()), load_policy(path), path)
     assert definition.default_status == DefaultSensorStatus.RUNNING
     assert definition.minimum_interval_seconds == 7
+    # A multiple of the daemon's 5 s loop is declared one second less, so that its jittery
+    # wake-ups tick every interval, not every other one.
+    path.write_text(path.read_text().replace("minimum_interval_seconds: 7", "minimum_interval_seconds: 10"))
+    definition = build_auto_resume_sensor(deployments, list(jobs.values()), load_policy(path), path)
+    assert definition.minimum_interval_seconds == 9
 
 
 @pytest.fixture

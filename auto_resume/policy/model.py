@@ -36,7 +36,10 @@ class SensorSettings(BaseModel):
         default=30,
         ge=5,
         strict=True,
-        description="Seconds between sensor ticks; the Dagster daemon needs >= 5.",
+        description=(
+            "Seconds between sensor ticks; the Dagster daemon needs >= 5. A multiple of 5 is "
+            "declared to Dagster as one second less, so that ticks come every interval."
+        ),
         examples=[30],
     )
     default_status: Literal["running", "stopped"] = Field(
