@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,25 @@ def test_private_names_still_exist() -> None:
     from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
 
     assert LocalMetadataProvider._get_storage_class() is LocalStorage
-    for name in ("_dump_json_to_file", "_ensure_meta", "_new_task", "get_object"):
+    assert callable(LocalStorage._atomic_write)
+    for name in (
+        "_dump_json_to_file",
+        "_save_meta",
+        "_create_and_get_metadir",
+        "_all_obj_elements",
+        "_ensure_meta",
+        "_new_task",
+        "get_object",
+    ):
         assert callable(getattr(LocalMetadataProvider, name)), name
     assert callable(FlowSpec._get_parameters)
     store = ContentAddressedStore("Flow/data", LocalStorage("/nowhere"))
     assert store._prefix == "Flow/data"
     assert isinstance(store._storage_impl, LocalStorage)
+    from metaflow.datastore.flow_datastore import FlowDataStore
+
+    flow_datastore = FlowDataStore("Flow", storage_impl=LocalStorage, ds_root="/nowhere")
+    assert isinstance(internals.storage_of(flow_datastore), LocalStorage)
 
 
 def test_flow_parameters() -> None:
@@ -58,6 +72,78 @@ def test_fast_json_writes_what_metaflow_writes(tmp_path: Path) -> None:
         (tmp_path / "slow.json").read_text()
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.json", "slow.json"]
+
+
+def test_fast_local_storage_writes_what_metaflow_writes(tmp_path: Path) -> None:
+    from io import BytesIO
+
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    fast_class = internals.fast_local_storage(LocalStorage)
+    assert fast_class is not LocalStorage and issubclass(fast_class, LocalStorage)
+    for storage, root in (
+        (LocalStorage(str(tmp_path / "slow")), "slow"),
+        (fast_class(str(tmp_path / "fast")), "fast"),
+    ):
+        storage.save_bytes([("F/r/s/1/0.data.json", BytesIO(b'{"x": 1}'))])
+        storage.save_bytes([("F/r/s/1/0.data.json", BytesIO(b"not overwritten"))])
+        storage.save_bytes([("F/r/s/1/log", (BytesIO("ü".encode()), {"m": 1}))], overwrite=True)
+        assert sorted(p.name for p in (tmp_path / root / "F/r/s/1").iterdir()) == [
+            "0.data.json",
+            "log",
+            "log_meta",
+        ]
+    for name in ("0.data.json", "log", "log_meta"):
+        assert (tmp_path / "fast/F/r/s/1" / name).read_bytes() == (
+            tmp_path / "slow/F/r/s/1" / name
+        ).read_bytes()
+
+
+def test_fast_provider_writes_what_metaflow_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider's replaced record writes (_save_meta, _all_obj_elements, the metadata
+    directory made once): the same files with the same JSON fields as Metaflow's own provider."""
+    from metaflow.metadata_provider.metadata import MetaDatum
+    from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
+
+    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(tmp_path))
+    deployment = linear_deployment(tmp_path)
+    store = store_for(deployment)
+    fast = store.metadata
+    assert type(fast)._save_meta.__func__ is internals._fast_save_meta
+    assert fast._flow_name == "LinearFlow"
+    plain = LocalMetadataProvider(fast._environment, type("F", (), {"name": "LinearFlow"}), None, None)
+    plain.add_sticky_tags(sys_tags=list(fast.sticky_sys_tags))
+    metadata_dir = tmp_path / ".metaflow" / "LinearFlow" / "{run}" / "start" / "1" / "_meta"
+
+    written = {}
+    for run_id, provider in (("fastrun", fast), ("plainrun", plain)):
+        if provider is plain:  # Metaflow's own root, as the fast provider's class holds it
+            monkeypatch.setattr(
+                internals.local_storage_class(LocalMetadataProvider),
+                "datastore_root",
+                str(tmp_path / ".metaflow"),
+            )
+        provider._ensure_meta("task", run_id, "start", "1")
+        provider.register_metadata(
+            run_id, "start", "1", [MetaDatum("attempt", "0", "attempt", ["attempt_id:0"])]
+        )
+        directory = Path(str(metadata_dir).format(run=run_id))
+        shutil.rmtree(directory.parent)  # made again: the fast provider remembers having made it
+        provider.register_metadata(
+            run_id, "start", "1", [MetaDatum("origin-run-id", "x", "origin-run-id", [])]
+        )
+        files = {p.name.rsplit("_", 1)[0]: json.loads(p.read_text()) for p in directory.iterdir()}
+        written[provider is fast] = {
+            name: {k: v for k, v in record.items() if k not in ("ts_epoch", "run_number")}
+            for name, record in files.items()
+        }
+    assert written[True] == written[False]
+    assert list(written[True]) == ["sysmeta_origin-run-id"]
+    # The per-record fields of the artifact and task records, user included.
+    assert fast._all_obj_elements(["t"], ["s"]).keys() == plain._all_obj_elements(["t"], ["s"]).keys()
+    assert {k: v for k, v in fast._all_obj_elements(["t"], ["s"]).items() if k != "ts_epoch"} == {
+        k: v for k, v in plain._all_obj_elements(["t"], ["s"]).items() if k != "ts_epoch"
+    }
 
 
 def _two_deployments(tmp_path: Path) -> tuple[Deployment, Deployment]:

@@ -155,7 +155,9 @@ def open_store(location: StoreLocation) -> Store:
     from metaflow.metaflow_environment import MetaflowEnvironment
     from metaflow.plugins import DATASTORES, METADATA_PROVIDERS
 
-    storage_class = next(d for d in DATASTORES if location.datastore_type == d.TYPE)
+    storage_class = internals.fast_local_storage(
+        next(d for d in DATASTORES if location.datastore_type == d.TYPE)
+    )
     provider_class = next(m for m in METADATA_PROVIDERS if location.metadata_type == m.TYPE)
     if location.metadata_root is not None:
         # A subclass per location, with the root as its own class attribute: the provider
