@@ -11,6 +11,7 @@ from typing import Any
 
 from auto_resume.core.errors import MetaflowAccessError
 from auto_resume.core.flow_shape import OriginTask, TaskOutcome
+from auto_resume.metaflow import internals
 from auto_resume.metaflow.datastore import Store, store_for
 from auto_resume.metaflow.deployment import Deployment
 
@@ -44,28 +45,69 @@ def read_origin_step(store: Store, run_id: str, step_name: str) -> OriginStep:
     Raises:
         MetaflowAccessError: The step's objects cannot be read from the datastore.
     """
-    from metaflow.datastore.datastore_set import TaskDataStoreSet
-
     try:
-        task_set = TaskDataStoreSet(
-            store.flow_datastore,
-            run_id,
-            steps=[step_name],
-            prefetch_data_artifacts=["_task_ok", "_foreach_stack"],
-        )
+        datastores = _finished_tasks(store, run_id, step_name)
     except Exception as exc:
         raise MetaflowAccessError(
             f"cannot read step {step_name} of {store.location.flow_name}/{run_id} from the datastore: {exc}"
         ) from exc
     tasks: dict[tuple[int, ...], OriginTask] = {}
     indexes: dict[str, TaskIndex] = {}
-    for datastore in task_set:
+    for datastore in datastores:
         indices = tuple(frame.index for frame in datastore["_foreach_stack"])
         ok = bool(datastore["_task_ok"]) if "_task_ok" in datastore else False
         tasks[indices] = OriginTask(datastore.pathspec, datastore.pathspec.split("/")[2], ok)
         index = datastore.ds_metadata
         indexes[datastore.pathspec] = TaskIndex(datastore.attempt, index["objects"], index["info"])
     return OriginStep(run_id=run_id, step_name=step_name, tasks=tasks, indexes=indexes)
+
+
+def _finished_tasks(store: Store, run_id: str, step_name: str) -> list[Any]:
+    """The datastores of the step's tasks whose latest attempt finished, ``_task_ok`` and
+    ``_foreach_stack`` loaded in one batch (as ``TaskDataStoreSet`` prefetches them).
+
+    ``TaskDataStoreSet`` (``FlowDataStore.get_task_datastores``) finds each task's latest
+    attempt by probing three files of every possible attempt (18 look-ups a task). Here one
+    listing of the step and one of each task directory, through the datastore's storage (local,
+    S3, ...), name the attempts that exist, and ``get_task_datastores`` reads each task at its
+    latest attempt only. Metaflow's rule is kept: the latest attempt started (below
+    ``MAX_ATTEMPTS``) counts, and only if it finished (its DONE marker, checked by Metaflow).
+    """
+    from metaflow.datastore.datastore_set import ImmutableBlobCache
+    from metaflow.datastore.task_datastore import TaskDataStore
+    from metaflow.metaflow_config import MAX_ATTEMPTS
+
+    flow_datastore = store.flow_datastore
+    storage = internals.storage_of(flow_datastore)
+    step_path = storage.path_join(store.location.flow_name, run_id, step_name)
+    task_paths = [entry.path for entry in storage.list_content([step_path]) if not entry.is_file]
+    latest: dict[str, int] = {}
+    for entry in storage.list_content(task_paths):
+        if not entry.is_file:
+            continue
+        *_, task_id, name = storage.path_split(entry.path.rstrip("/"))
+        attempt, _, suffix = name.partition(".")
+        if (
+            suffix == TaskDataStore.METADATA_ATTEMPT_SUFFIX
+            and attempt.isdigit()
+            and int(attempt) < MAX_ATTEMPTS
+        ):
+            latest[task_id] = max(latest.get(task_id, 0), int(attempt))
+    by_attempt: dict[int, list[str]] = {}
+    for task_id, attempt in latest.items():
+        by_attempt.setdefault(attempt, []).append(f"{run_id}/{step_name}/{task_id}")
+    datastores = [
+        datastore
+        for attempt, pathspecs in sorted(by_attempt.items())
+        for datastore in flow_datastore.get_task_datastores(pathspecs=pathspecs, attempt=attempt)
+    ]
+    keys = {key for ds in datastores for key in ds.keys_for_artifacts(["_task_ok", "_foreach_stack"])}
+    keys.discard(None)
+    if keys:
+        flow_datastore.ca_store.set_blob_cache(
+            ImmutableBlobCache(dict(flow_datastore.ca_store.load_blobs(keys)))
+        )
+    return datastores
 
 
 def task_outcome(store: Store, pathspec: str, step_type: str) -> TaskOutcome:
