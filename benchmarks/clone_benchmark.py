@@ -51,7 +51,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="Metaflow --max-workers for the origin run")
     parser.add_argument("--profile", action="store_true", help="cProfile the resume job, print the top 25")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of the resume and of the floor, alternating (default 3)"
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of the resume and of the floor, alternating (default 3; 0: make the origin run only)",
     )
     parser.add_argument(
         "--reuse",
@@ -105,10 +108,16 @@ def main() -> None:
         origin = _forked_origin(deployment, params, args.width, args.workers)
     print(f"origin run ({args.origin}, {args.workers} workers): {time.monotonic() - started:.1f}s, {origin}")
 
+    if args.repeat == 0:
+        print("--repeat 0: the origin run only; pass the datastore above to --reuse")
+        return
     per_task = _clone_cost(deployment, origin)
     print(f"1. in-process clone: {per_task * 1000:.2f} ms/task over {args.width - 1} tasks")
     read_s = _read_cost(deployment, origin)
-    print(f"   planning read (read_origin_step of the body, {args.width} tasks): {read_s:.2f}s, median of 3")
+    print(
+        f"   planning read (read_origin_step of the body, {args.width} tasks): {read_s:.2f}s, "
+        f"{read_s / args.width * 1000:.3f} ms/task, median of 3"
+    )
 
     # The resume and the floor alternate, args.repeat times each: on a shared machine the load
     # drifts, and medians of interleaved runs keep the ratio honest.
@@ -300,6 +309,7 @@ def _child_resume(deployment, origin: str) -> tuple[float, list[str], float]:  #
 def _resume_job(deployment, origin: str, profile: bool) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
     from dagster import DagsterInstance
 
+    from auto_resume.dagster import naming
     from auto_resume.dagster.resume_job import build_resume_job, resume_run_config
     from auto_resume.metaflow.flows import load_flow_shape
 
@@ -327,6 +337,19 @@ def _resume_job(deployment, origin: str, profile: bool) -> tuple[float, list[str
     if not result.success:
         sys.exit("the resume job failed")
     summary = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("step ")]
+    # Where the wide step's own time went, from its op's output metadata.
+    for event in result.all_events:
+        if not event.is_successful_output or not event.step_key.endswith("body"):
+            continue
+        metadata = {k: v.value for k, v in event.step_output_data.metadata.items()}
+        if naming.CLONE_SECONDS in metadata:
+            read_s, clone_s = metadata[naming.ORIGIN_READ_SECONDS], metadata[naming.CLONE_SECONDS]
+            tasks = metadata[naming.TASKS_CLONED] + metadata[naming.TASKS_EXECUTED]
+            cloned = max(1, metadata[naming.TASKS_CLONED])
+            summary.append(
+                f"body: planning read {read_s:.2f}s ({read_s / tasks * 1000:.3f} ms/task), "
+                f"cloning {clone_s:.2f}s ({clone_s / cloned * 1000:.3f} ms/task, beside the failed item)"
+            )
     return elapsed, summary
 
 

@@ -67,6 +67,7 @@ def execute_step(
         context.log.info(f"step {step.name}: no task (branch not taken, or its inputs failed)")
         return StepOutcome(records=())
     store = store_for(deployment)
+    read_started = time.monotonic()
     try:
         origin = (
             read_origin_step(store, resume.origin_run_id, step.name)
@@ -75,6 +76,7 @@ def execute_step(
         )
     except MetaflowAccessError as exc:
         raise Failure(description=_unreadable_origin(deployment, resume, step.name, exc)) from exc
+    read_seconds = time.monotonic() - read_started
     actions = plan_step(instances, origin.tasks, rerun=step.name in resume.rerun_steps)
     found: dict[tuple[int, ...], TaskRecord] = {}
     clones = [a for a in actions if a.clone]
@@ -101,7 +103,7 @@ def execute_step(
             for task_id, why in errors.items()
         ),
     ]
-    _report(context, step, resume, clones, executions, failures, clone_seconds)
+    _report(context, step, resume, clones, executions, failures, (read_seconds, clone_seconds))
     return StepOutcome(records=tuple(found[key] for key in sorted(found)), failures=tuple(failures))
 
 
@@ -112,8 +114,9 @@ def _report(
     clones: Sequence[TaskAction],
     executions: Sequence[TaskAction],
     failures: Sequence[str],
-    clone_seconds: float,
+    seconds: tuple[float, float],
 ) -> None:
+    read_seconds, clone_seconds = seconds
     summary = (
         f"step {step.name}: {len(clones)} task(s) cloned from {resume.origin_run_id} "
         f"in {clone_seconds:.2f}s, {len(executions)} executed"
@@ -133,6 +136,8 @@ def _report(
             naming.TASKS_CLONED: len(clones),
             naming.TASKS_EXECUTED: len(executions),
             naming.TASKS_FAILED: len(failures),
+            naming.ORIGIN_READ_SECONDS: round(read_seconds, 3),
+            naming.CLONE_SECONDS: round(clone_seconds, 3),
             "cloned_from": MetadataValue.md(
                 "\n".join(f"- `{a.origin.pathspec}`" for a in clones[:50] if a.origin)
                 + ("\n- ..." if len(clones) > 50 else "")
