@@ -72,6 +72,8 @@ def test_fast_json_writes_what_metaflow_writes(tmp_path: Path) -> None:
         (tmp_path / "slow.json").read_text()
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.json", "slow.json"]
+    # The same permissions too: Metaflow's temporary files are private (0600) and keep that.
+    assert (tmp_path / "fast.json").stat().st_mode == (tmp_path / "slow.json").stat().st_mode
 
 
 def test_fast_local_storage_writes_what_metaflow_writes(tmp_path: Path) -> None:
@@ -94,9 +96,9 @@ def test_fast_local_storage_writes_what_metaflow_writes(tmp_path: Path) -> None:
             "log_meta",
         ]
     for name in ("0.data.json", "log", "log_meta"):
-        assert (tmp_path / "fast/F/r/s/1" / name).read_bytes() == (
-            tmp_path / "slow/F/r/s/1" / name
-        ).read_bytes()
+        fast_file, slow_file = tmp_path / "fast/F/r/s/1" / name, tmp_path / "slow/F/r/s/1" / name
+        assert fast_file.read_bytes() == slow_file.read_bytes()
+        assert fast_file.stat().st_mode == slow_file.stat().st_mode  # mkstemp's 0600
 
 
 def test_fast_provider_writes_what_metaflow_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,6 +135,8 @@ def test_fast_provider_writes_what_metaflow_writes(tmp_path: Path, monkeypatch: 
             run_id, "start", "1", [MetaDatum("origin-run-id", "x", "origin-run-id", [])]
         )
         files = {p.name.rsplit("_", 1)[0]: json.loads(p.read_text()) for p in directory.iterdir()}
+        modes = {p.stat().st_mode for p in directory.iterdir()}
+        assert modes == {0o100600}, f"{provider}: {modes}"  # NamedTemporaryFile's, as Metaflow's
         written[provider is fast] = {
             name: {k: v for k, v in record.items() if k not in ("ts_epoch", "run_number")}
             for name, record in files.items()

@@ -18,6 +18,8 @@ from typing import Any
 # Metadata directories a provider class remembers having made (a few hundred bytes each).
 _MADE_DIRS_MAX = 100_000
 _UNKNOWN = object()
+# The mode of the files Metaflow writes through tempfile (mkstemp, NamedTemporaryFile): private.
+_PRIVATE = 0o600
 
 
 def flow_parameters(flow_class: Any) -> tuple[str, ...]:
@@ -176,7 +178,7 @@ def _fast_atomic_write(full_path: str, data: bytes | str, mode: str = "wb") -> N
     directory, name = os.path.split(full_path)
     temporary = os.path.join(directory, f".{name}.{os.getpid()}-{threading.get_ident()}")
     content = memoryview(data.encode() if isinstance(data, str) else data)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE)
     try:
         try:
             while content:
@@ -211,7 +213,7 @@ def _fast_dump_json_to_file(cls: Any, filepath: str, data: Any, allow_overwrite:
     directory, name = os.path.split(filepath)
     temporary = os.path.join(directory, f".{name}.{os.getpid()}-{threading.get_ident()}")
     content = memoryview(json.dumps(data).encode())
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE)
     try:  # plain system calls: an open() file object costs more than the write
         while content:
             content = content[os.write(descriptor, content) :]
@@ -243,7 +245,7 @@ def _fast_save_meta(cls: Any, root_dir: str, metadict: dict[str, Any], allow_ove
                 continue
             temporary = f".{filename}{suffix}"
             content = memoryview(json.dumps(datum).encode())
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666, dir_fd=directory)
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE, dir_fd=directory)
             try:
                 while content:
                     content = content[os.write(descriptor, content) :]
