@@ -121,7 +121,12 @@ class _Lifetimes:
 
     def sample(self) -> None:
         children = _children(self._pid)
-        ours = sum(_rss_mib(c) for c in children if "--location-name auto_resume" in _command(c))
+        # The largest auto_resume code server, not their sum: the daemon replaces its code servers
+        # now and then (the old ones log "No heartbeat received in 20 seconds, shutting down"),
+        # and for a few seconds two serve the location; a sum would read that as growth.
+        ours = max(
+            (_rss_mib(c) for c in children if "--location-name auto_resume" in _command(c)), default=0.0
+        )
         total = sum(_rss_mib(child) for child in children)
         self.samples[-1].append((time.monotonic() - self._started, _rss_mib(self._pid), ours, total))
 
@@ -137,7 +142,8 @@ class _Lifetimes:
             growth = [_growth(first[column], last[column]) for column in (1, 2, 3)]
             print(
                 f"  lifetime {index + 1} ({last[0]:.0f}s): daemon {growth[0]}, "
-                f"auto_resume location {growth[1]}, the daemon's children (code servers) {growth[2]}"
+                f"auto_resume location (its largest server) {growth[1]}, "
+                f"the daemon's children (code servers, summed) {growth[2]}"
             )
 
 
