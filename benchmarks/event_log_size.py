@@ -224,6 +224,14 @@ def main() -> None:
             print(f"{label:<36} {1000 * analysed[label]:>11.1f}ms {1000 * min(facts_times):>8.1f}ms")
         print(f"ratio {large} / {small}: facts+decide {analysed[large] / analysed[small]:.2f}x")
         _first_page(instance, cases[:2], args.repeat)
+    # An upper bound of what deciding such a failure costs the code location in memory: this
+    # process also wrote the logs and holds Dagster, Metaflow and the resume job as it does.
+    peak = next(
+        int(line.split()[1]) / 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
+    print(f"peak memory (VmHWM) of this process: {peak:.0f} MiB")
 
 
 def _first_page(instance: object, cases: list[tuple[str, str, bool]], repeat: int) -> None:
