@@ -176,19 +176,36 @@ def fast_local_storage(storage_class: Any) -> Any:
 def _fast_atomic_write(full_path: str, data: bytes | str, mode: str = "wb") -> None:
     """``LocalStorage._atomic_write``: ``data`` into ``full_path``, through a rename."""
     directory, name = os.path.split(full_path)
-    temporary = os.path.join(directory, f".{name}.{os.getpid()}-{threading.get_ident()}")
-    content = memoryview(data.encode() if isinstance(data, str) else data)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE)
+    _write_then_rename(name, data.encode() if isinstance(data, str) else data, directory)
+
+
+def _write_then_rename(name: str, data: bytes, directory: str | int) -> None:
+    """``data`` into the file ``name`` of ``directory`` (a path, or a descriptor open on it).
+
+    Written to a dot file named by process and thread, then renamed: no reader sees it half
+    written, and the client's globs (``sysmeta_attempt-done_*``...) never match the temporary.
+    Plain system calls (an ``open()`` file object costs more than the write), and mode 0600,
+    as Metaflow's ``mkstemp`` and ``NamedTemporaryFile`` make its files.
+    """
+    temporary = f".{name}.{os.getpid()}-{threading.get_ident()}"
+    if isinstance(directory, int):
+        dir_fd: int | None = directory
+        paths = {"src_dir_fd": directory, "dst_dir_fd": directory}
+    else:
+        dir_fd, paths = None, {}
+        temporary, name = os.path.join(directory, temporary), os.path.join(directory, name)
+    content = memoryview(data)
     try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE, dir_fd=dir_fd)
         try:
             while content:
                 content = content[os.write(descriptor, content) :]
         finally:
             os.close(descriptor)
-        os.replace(temporary, full_path)
+        os.replace(temporary, name, **paths)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=dir_fd)
         raise
 
 
@@ -209,17 +226,8 @@ def _fast_dump_json_to_file(cls: Any, filepath: str, data: Any, allow_overwrite:
     """
     if not allow_overwrite and os.path.isfile(filepath):
         return
-    # A dot file: the client's globs (sysmeta_attempt-done_*, ...) never see it.
     directory, name = os.path.split(filepath)
-    temporary = os.path.join(directory, f".{name}.{os.getpid()}-{threading.get_ident()}")
-    content = memoryview(json.dumps(data).encode())
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE)
-    try:  # plain system calls: an open() file object costs more than the write
-        while content:
-            content = content[os.write(descriptor, content) :]
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, filepath)
+    _write_then_rename(name, json.dumps(data).encode(), directory)
 
 
 def _fast_save_meta(cls: Any, root_dir: str, metadict: dict[str, Any], allow_overwrite: bool = False) -> None:
@@ -238,20 +246,9 @@ def _fast_save_meta(cls: Any, root_dir: str, metadict: dict[str, Any], allow_ove
         directory = os.open(root_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         present = frozenset() if allow_overwrite else frozenset(os.listdir(directory))
-        suffix = f".{os.getpid()}-{threading.get_ident()}"
         for name, datum in metadict.items():
-            filename = f"{name}.json"
-            if filename in present:
-                continue
-            temporary = f".{filename}{suffix}"
-            content = memoryview(json.dumps(datum).encode())
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE, dir_fd=directory)
-            try:
-                while content:
-                    content = content[os.write(descriptor, content) :]
-            finally:
-                os.close(descriptor)
-            os.replace(temporary, filename, src_dir_fd=directory, dst_dir_fd=directory)
+            if f"{name}.json" not in present:
+                _write_then_rename(f"{name}.json", json.dumps(datum).encode(), directory)
     finally:
         os.close(directory)
 
