@@ -48,6 +48,13 @@ def test_private_names_still_exist() -> None:
 
     flow_datastore = FlowDataStore("Flow", storage_impl=LocalStorage, ds_root="/nowhere")
     assert isinstance(internals.storage_of(flow_datastore), LocalStorage)
+    # prefetch_artifacts: what TaskDataStoreSet's prefetch uses.
+    from metaflow.datastore.datastore_set import ImmutableBlobCache
+    from metaflow.datastore.task_datastore import TaskDataStore
+
+    assert callable(flow_datastore.ca_store.set_blob_cache)
+    assert callable(TaskDataStore.keys_for_artifacts)
+    assert callable(ImmutableBlobCache)
 
 
 def test_flow_parameters() -> None:

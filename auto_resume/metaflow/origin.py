@@ -73,7 +73,6 @@ def _finished_tasks(store: Store, run_id: str, step_name: str) -> list[Any]:
     latest attempt only. Metaflow's rule is kept: the latest attempt started (below
     ``MAX_ATTEMPTS``) counts, and only if it finished (its DONE marker, checked by Metaflow).
     """
-    from metaflow.datastore.datastore_set import ImmutableBlobCache
     from metaflow.datastore.task_datastore import TaskDataStore
     from metaflow.metaflow_config import MAX_ATTEMPTS
 
@@ -101,12 +100,7 @@ def _finished_tasks(store: Store, run_id: str, step_name: str) -> list[Any]:
         for attempt, pathspecs in sorted(by_attempt.items())
         for datastore in flow_datastore.get_task_datastores(pathspecs=pathspecs, attempt=attempt)
     ]
-    keys = {key for ds in datastores for key in ds.keys_for_artifacts(["_task_ok", "_foreach_stack"])}
-    keys.discard(None)
-    if keys:
-        flow_datastore.ca_store.set_blob_cache(
-            ImmutableBlobCache(dict(flow_datastore.ca_store.load_blobs(keys)))
-        )
+    internals.prefetch_artifacts(flow_datastore, datastores, ["_task_ok", "_foreach_stack"])
     return datastores
 
 
