@@ -37,7 +37,7 @@ from auto_resume.metaflow.deployment import read_deployment
 from tests.support import BIN, ROOT
 from tests.support.instance import open_instance
 from tests.support.postgres import create_database, drop_database, throwaway_database
-from tests.support.processes import start_daemon, stop_daemon
+from tests.support.processes import kill_processes_of, start_daemon, stop_daemon
 from tests.support.waiting import wait_until
 
 EXAMPLES = (
@@ -371,6 +371,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
     finally:
         watch.stop()
         stop_daemon(daemon)
+        kill_processes_of(home)  # before the session's database is dropped
         running.close()
 
 
@@ -475,6 +476,10 @@ class SeparateDeployment:
             (default: the test server).
     """
 
+    # Whether __exit__ SIGKILLs the deployment's processes still running once the daemon has
+    # stopped (tests/support/processes.py kill_processes_of). The soak benchmark counts them.
+    kill_leftovers = True
+
     def __init__(self, base: Path, server_url: str | None = None) -> None:
         self.base = base
         self.server_url = server_url
@@ -525,6 +530,8 @@ class SeparateDeployment:
     def __exit__(self, *exc_info: object) -> None:
         self.stop_daemon()
         if self.deployment is not None:
+            if self.kill_leftovers:
+                kill_processes_of(self.deployment.home)
             self.deployment.close()
         if self.database:
             drop_database(self.database, self.server_url)

@@ -1,4 +1,5 @@
-"""A test run killed from outside (a CI time limit, ``kill -9`` of pytest) leaves nothing running.
+"""A test run killed from outside (a CI time limit, ``kill -9`` of pytest) leaves nothing running,
+and neither does a deployment that ends normally.
 
 A pytest of its own (``killed_pytest_child.py``) starts a deployment, daemon and code servers
 as every end-to-end test does, and is SIGKILLed once the sensor ticks: no teardown runs. The
@@ -15,31 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.harness import SeparateDeployment
 from tests.support import ROOT
 from tests.support.postgres import drop_database
-from tests.support.processes import start_tied_to_this_thread
+from tests.support.processes import processes_of, start_tied_to_this_thread
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 CHILD = Path(__file__).with_name("killed_pytest_child.py")
-
-
-def _processes_of(home: Path) -> dict[int, str]:
-    """Live processes whose environment names ``home`` as ``DAGSTER_HOME``: their command lines."""
-    marker = f"DAGSTER_HOME={home}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()  # empty for a zombie: it runs nothing
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile
-            continue
-        if marker in environ.split(b"\0"):
-            found[int(entry.name)] = command.strip()
-    return found
 
 
 @pytest.mark.slow
@@ -67,7 +52,7 @@ def test_killed_pytest_leaves_no_dagster_process(tmp_path: Path) -> None:
             interval=1,
         )
         assert child.poll() is None, f"the child pytest exited:\n{log_tail()}"
-        before = _processes_of(home)
+        before = processes_of(home)
         # The daemon and a code server per location (auto_resume, linear_flow), at least.
         assert len(before) >= 3, before
         os.kill(child.pid, signal.SIGKILL)
@@ -75,16 +60,26 @@ def test_killed_pytest_leaves_no_dagster_process(tmp_path: Path) -> None:
         killed_at = time.monotonic()
 
         def running() -> str:
-            return "still running:\n" + "\n".join(f"{pid} {cmd}" for pid, cmd in _processes_of(home).items())
+            return "still running:\n" + "\n".join(f"{pid} {cmd}" for pid, cmd in processes_of(home).items())
 
-        wait_until(lambda: not _processes_of(home), 90, "processes outlived the killed pytest", running, 1)
+        wait_until(lambda: not processes_of(home), 90, "processes outlived the killed pytest", running, 1)
         commands = "\n".join(f"  {command[:100]}" for command in sorted(before.values()))
         print(f"gone {time.monotonic() - killed_at:.0f}s after the pytest's SIGKILL:\n{commands}")
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-        for pid in _processes_of(home):  # a failed proof must not leave them running either
+        for pid in processes_of(home):  # a failed proof must not leave them running either
             os.kill(pid, signal.SIGKILL)
         if (tmp_path / "database").exists():
             drop_database((tmp_path / "database").read_text())
+
+
+def test_an_ended_deployment_leaves_no_dagster_process(tmp_path: Path) -> None:
+    # Its database is dropped on the way out: a code server left running would never end.
+    with SeparateDeployment(tmp_path) as separate:
+        assert separate.deployment is not None
+        home = separate.deployment.home
+        running = processes_of(home)
+        assert any("api grpc" in command for command in running.values()), running
+    assert processes_of(home) == {}

@@ -88,6 +88,40 @@ def kill_process_group(leader: subprocess.Popen[bytes]) -> None:
     leader.wait()
 
 
+def processes_of(home: Path) -> dict[int, str]:
+    """Live processes whose environment names ``home`` as ``DAGSTER_HOME``: their command lines.
+
+    A deployment's daemon, its code servers and run workers all carry it (they inherit the
+    daemon's environment), whichever process group they are in.
+    """
+    marker = f"DAGSTER_HOME={home}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()  # empty for a zombie: it runs nothing
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if marker in environ.split(b"\0"):
+            found[int(entry.name)] = command.strip()
+    return found
+
+
+def kill_processes_of(home: Path) -> None:
+    """SIGKILL what is left of a deployment after its daemon stopped, before its database goes.
+
+    A code server outlives a SIGTERMed daemon by up to its heartbeat timeout, and one whose
+    database is dropped meanwhile never ends: its cleanup thread dies on the missing database
+    (a ``DagsterPostgresException``) and with it the only path to shutting down. Test teardown
+    therefore ends them itself.
+    """
+    for pid in processes_of(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
