@@ -25,16 +25,13 @@ until the sensor created its resume run (the sensor works either way).
 
 import argparse
 import os
-import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from _support import ROOT, machine
-from fleet_daemon import _command, _descendants, _workspace
-from many_flows import _policy, _write_fleet
+from fleet_daemon import _command, _descendants, fleet_deployment
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
@@ -148,30 +145,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("METAFLOW_USER", "benchmark")
 
-    from tests.e2e.harness import SeparateDeployment
-
-    base = Path(tempfile.mkdtemp(prefix="auto-resume-churn-"))
-    fleet = base / "flows"
-    fleet.mkdir()
-    files = _write_fleet(fleet, args.flows)
-    workspace = base / "workspace.yaml"
-    _workspace(workspace, [])  # the first start (the harness's policy): the auto_resume location only
-
-    class Fleet(SeparateDeployment):
-        def configure_home(self, home: Path) -> str:
-            shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-            return str(workspace)
-
     print(machine())
-    servers: list[Any] = []
-    with Fleet(base) as separate:
+    with fleet_deployment(args.flows) as (separate, files, workspace):
         deployment = separate.deployment
         assert deployment is not None
         instance = deployment.instance()
-        separate.stop_daemon()
-        _policy(deployment.policy_file, files)
-
-        _workspace(workspace, files)
         separate.start_daemon()
         daemon = separate._daemon.pid  # type: ignore[union-attr]
         up = _wait_up(daemon, args.flows + 1, args.up_timeout)
@@ -181,7 +159,7 @@ def main() -> None:
         _resume_latency("managed", instance, "Fleet00Flow")
         separate.stop_daemon()
 
-        ports, servers = _start_servers(deployment.env, files, base / "servers.log")
+        ports, servers = _start_servers(deployment.env, files, workspace.with_name("servers.log"))
         up = _wait_up(0, len(ports), args.up_timeout, ports)
         print(f"served: {len(ports)} code servers answering at +{up:.0f} s")
         _served_workspace(workspace, ports)
@@ -195,7 +173,6 @@ def main() -> None:
             server.terminate()
         for server in servers:
             server.wait()
-    shutil.rmtree(base, ignore_errors=True)
     print(f"(load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())})")
 
 

@@ -26,7 +26,10 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from _support import ROOT, machine
 from many_flows import _policy, _write_fleet
@@ -79,6 +82,37 @@ def _workspace(path: Path, files: list[Path]) -> None:
     path.write_text("load_from:\n" + "".join(entries))
 
 
+@contextmanager
+def fleet_deployment(flows: int) -> Iterator[tuple[Any, list[Path], Path]]:
+    """A private deployment (``SeparateDeployment``) whose policy and workspace list ``flows``
+    renamed copies of LinearFlow, each a code location of its own, and ``auto_resume``, with its
+    daemon stopped for the caller to start (``start_daemon``); the flows' definitions files; the
+    workspace file. Its files are removed after."""
+    from tests.e2e.harness import SeparateDeployment
+
+    base = Path(tempfile.mkdtemp(prefix="auto-resume-fleet-"))
+    fleet = base / "flows"
+    fleet.mkdir()
+    files = _write_fleet(fleet, flows)
+    workspace = base / "workspace.yaml"
+    _workspace(workspace, [])  # the first start (the harness's policy): the auto_resume location only
+
+    class Fleet(SeparateDeployment):
+        def configure_home(self, home: Path) -> str:
+            shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+            return str(workspace)
+
+    try:
+        with Fleet(base) as separate:
+            assert separate.deployment is not None
+            separate.stop_daemon()
+            _policy(separate.deployment.policy_file, files)
+            _workspace(workspace, files)
+            yield separate, files, workspace
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,27 +124,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("METAFLOW_USER", "benchmark")
 
-    from tests.e2e.harness import SeparateDeployment
-
-    base = Path(tempfile.mkdtemp(prefix="auto-resume-fleet-"))
-    fleet = base / "flows"
-    fleet.mkdir()
-    files = _write_fleet(fleet, args.flows)
-    workspace = base / "workspace.yaml"
-    _workspace(workspace, [])  # the first start (the harness's policy): the auto_resume location only
-
-    class Fleet(SeparateDeployment):
-        def configure_home(self, home: Path) -> str:
-            shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-            return str(workspace)
-
     print(machine())
-    with Fleet(base) as separate:
-        deployment = separate.deployment
-        assert deployment is not None
-        separate.stop_daemon()
-        _policy(deployment.policy_file, files)
-        _workspace(workspace, files)
+    with fleet_deployment(args.flows) as (separate, _, _):
         started = time.monotonic()
         separate.start_daemon()  # returns once the sensor has ticked
         daemon = separate._daemon.pid  # type: ignore[union-attr]
