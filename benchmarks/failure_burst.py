@@ -19,10 +19,13 @@ queueing. Variants: ``plain`` is the repo's ``dagster.yaml`` without a ``sensors
 ``threads`` adds ``sensors: {use_threads: true, num_workers: N, num_submit_workers: M}``
 (the keys of dagster 1.13's ``sensors_daemon_config``, dagster/_core/instance/config.py; the
 submit pool creates a tick's run requests in parallel, dagster/_daemon/sensor.py
-``_submit_run_requests``).
+``_submit_run_requests``); ``pgbouncer`` is ``threads`` with the daemon and its code servers
+reaching PostgreSQL through PgBouncer (Debian's ``pgbouncer``, session pooling, started by this
+script as the ``postgres`` user): dagster-postgres opens a connection per query, and PgBouncer
+answers it without PostgreSQL starting a backend for it.
 
     METAFLOW_USER=bench .venv/bin/python benchmarks/failure_burst.py [--failures 1000] \\
-        [--variants plain,threads] [--num-workers 4] [--num-submit-workers 4]
+        [--variants plain,threads,pgbouncer] [--num-workers 4] [--num-submit-workers 4]
 """
 
 import argparse
@@ -30,8 +33,11 @@ import collections
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +51,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--failures", type=int, default=1000, help="failures in the burst (default 1000)")
-    parser.add_argument("--variants", default="plain,threads", help="comma-separated: plain, threads")
+    parser.add_argument(
+        "--variants", default="plain,threads", help="comma-separated: plain, threads, pgbouncer"
+    )
     parser.add_argument("--num-workers", type=int, default=4, help="sensors: num_workers (default 4)")
     parser.add_argument(
         "--num-submit-workers", type=int, default=4, help="sensors: num_submit_workers (default 4)"
@@ -62,7 +70,11 @@ def main() -> None:
         sensors = "" if variant == "plain" else _sensors_block(args.num_workers, args.num_submit_workers)
         setting = sensors.strip().replace("\n", " ") or "no sensors: block (Dagster's default)"
         print(f"\n== {variant}: {setting}")
-        results[variant] = _one_burst(sensors, jobs, args.failures, args.timeout, args.keep)
+        if variant == "pgbouncer":
+            print("   the daemon and its code servers reach PostgreSQL through PgBouncer")
+        results[variant] = _one_burst(
+            sensors, jobs, args.failures, args.timeout, args.keep, pooled=variant == "pgbouncer"
+        )
         print(f"   (load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())})")
     if len(results) > 1:
         print("\nside by side: first tick -> last resume run queued")
@@ -83,7 +95,43 @@ def _example_jobs() -> list[str]:
     return sorted(read_deployment(path).job_name for path in EXAMPLES.glob("*_dagster.py"))
 
 
-def _one_burst(sensors: str, jobs: list[str], count: int, timeout: float, keep: bool) -> float:
+@contextmanager
+def _pgbouncer() -> Iterator[int]:
+    """PgBouncer on a free loopback port in front of the test server (127.0.0.1:5432): its port."""
+    from tests.support.processes import free_port
+
+    port = free_port()
+    # It runs as postgres (it refuses root), so in a directory of its own that postgres may use.
+    directory = Path(tempfile.mkdtemp(prefix="auto-resume-pgbouncer-"))
+    directory.chmod(0o777)
+    config = directory / "pgbouncer.ini"
+    config.write_text(
+        "[databases]\n* = host=127.0.0.1 port=5432\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = trust\n"
+        f"auth_file = {directory / 'users.txt'}\npool_mode = session\nmax_client_conn = 1000\n"
+        f"default_pool_size = 40\nunix_socket_dir =\nlog_connections = 0\nlog_disconnections = 0\n"
+    )
+    (directory / "users.txt").write_text('"root" ""\n')
+    bouncer = subprocess.Popen(
+        ["runuser", "-u", "postgres", "--", "/usr/sbin/pgbouncer", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
+            assert bouncer.poll() is None and time.monotonic() < deadline, "pgbouncer did not start"
+            time.sleep(0.2)
+        yield port
+    finally:
+        bouncer.terminate()
+        bouncer.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _one_burst(
+    sensors: str, jobs: list[str], count: int, timeout: float, keep: bool, pooled: bool = False
+) -> float:
     from tests.e2e.harness import SeparateDeployment
 
     class Burst(SeparateDeployment):
@@ -104,9 +152,18 @@ def _one_burst(sensors: str, jobs: list[str], count: int, timeout: float, keep: 
             separate.stop_daemon()
             failed, written = _write_burst(instance, jobs, count)
             print(f"   {count} failed runs written in {written:.1f}s, daemon stopped; queue held")
-            restarted = time.time()
-            separate.start_daemon()
-            return _measure(instance, failed, restarted, timeout)
+            with ExitStack() as stack:
+                if pooled:
+                    port = stack.enter_context(_pgbouncer())
+                    url = deployment.env["DAGSTER_PG_URL"]
+                    deployment.env["DAGSTER_PG_URL"] = url.replace(":5432/", f":{port}/", 1)
+                    assert deployment.env["DAGSTER_PG_URL"] != url, f"no :5432/ in {url}"
+                restarted = time.time()
+                separate.start_daemon()
+                try:
+                    return _measure(instance, failed, restarted, timeout)
+                finally:
+                    separate.stop_daemon()  # before PgBouncer goes
     finally:
         if keep:
             print(f"   kept {base}")
