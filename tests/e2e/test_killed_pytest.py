@@ -19,7 +19,7 @@ import pytest
 from tests.e2e.harness import SeparateDeployment
 from tests.support import ROOT
 from tests.support.postgres import drop_database
-from tests.support.processes import processes_of, start_tied_to_this_thread
+from tests.support.processes import kill_processes_of, processes_of, start_tied_to_this_thread
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -69,8 +69,7 @@ def test_killed_pytest_leaves_no_dagster_process(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
-        for pid in processes_of(home):  # a failed proof must not leave them running either
-            os.kill(pid, signal.SIGKILL)
+        kill_processes_of(home)  # a failed proof must not leave them running either
         if (tmp_path / "database").exists():
             drop_database((tmp_path / "database").read_text())
 
