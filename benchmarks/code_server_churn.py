@@ -27,6 +27,7 @@ import argparse
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,6 @@ def _served_workspace(path: Path, ports: dict[str, int]) -> None:
     path.write_text("load_from:\n" + "".join(entries))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _answers(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
@@ -80,14 +75,14 @@ def _answers(port: int) -> bool:
 def _start_servers(env: dict[str, str], files: list[Path], log: Path) -> tuple[dict[str, int], list[Any]]:
     """A ``dagster api grpc`` server per location, as a team would run them: ports, processes."""
     from tests.support import BIN
-    from tests.support.processes import start_tied_to_this_thread
+    from tests.support.processes import free_port, start_tied_to_this_thread
 
     targets = {"auto_resume": ["--module-name", "auto_resume.definitions", "--working-directory", str(ROOT)]}
     targets |= {f"fleet{index:02d}": ["--python-file", str(file)] for index, file in enumerate(files)}
     ports, processes = {}, []
     with log.open("a") as out:
         for name, target in targets.items():
-            ports[name] = _free_port()
+            ports[name] = free_port()
             argv = [str(BIN / "dagster"), "api", "grpc", "--host", "127.0.0.1", "--port", str(ports[name])]
             processes.append(
                 start_tied_to_this_thread([*argv, "--location-name", name, *target], log=out, env=env)
@@ -125,13 +120,12 @@ def _resume_latency(label: str, instance: Any, job: str) -> None:
     print(f"{label}: no resume run for a failure of {job} within 180 s")
 
 
-def _wait_up(daemon: int, count: int, timeout: float, ports: dict[str, int] | None = None) -> float:
+def _seconds_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``condition`` holds (``wait_until``'s failure after ``timeout``)."""
+    from tests.support.waiting import wait_until
+
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        up = sum(map(_answers, ports.values())) if ports else len(_servers_under(daemon))
-        if up >= count:
-            break
-        time.sleep(1)
+    wait_until(condition, timeout, what, interval=1)
     return time.monotonic() - started
 
 
@@ -152,7 +146,9 @@ def main() -> None:
         instance = deployment.instance()
         separate.start_daemon()
         daemon = separate._daemon.pid  # type: ignore[union-attr]
-        up = _wait_up(daemon, args.flows + 1, args.up_timeout)
+        up = _seconds_until(
+            lambda: len(_servers_under(daemon)) >= args.flows + 1, args.up_timeout, "servers not up"
+        )
         print(f"managed: {args.flows + 1} code servers up at +{up:.0f} s")
         time.sleep(30)
         _watch("managed", [daemon], daemon, args.watch)
@@ -160,7 +156,7 @@ def main() -> None:
         separate.stop_daemon()
 
         ports, servers = _start_servers(deployment.env, files, workspace.with_name("servers.log"))
-        up = _wait_up(0, len(ports), args.up_timeout, ports)
+        up = _seconds_until(lambda: all(map(_answers, ports.values())), args.up_timeout, "servers not up")
         print(f"served: {len(ports)} code servers answering at +{up:.0f} s")
         _served_workspace(workspace, ports)
         separate.start_daemon()
