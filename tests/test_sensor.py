@@ -631,6 +631,26 @@ def test_storm_breaker_opens_once_holds_the_storm_and_tries_one_resume(
     assert len(ticker.pending()) == 4  # the three still waiting, and the probe's own failure
 
 
+def test_a_failure_in_its_backoff_when_the_breaker_opens_waits_for_the_breaker_too(
+    ticker: Sensor, instance: DagsterInstance
+) -> None:
+    ticker.write(
+        "defaults:\n  backoff: {initial_seconds: 10}\n"
+        "  breaker: {failures: 3, window_seconds: 600, cooldown_seconds: 300}\n"
+    )
+    storm = [create_failed_run(instance, "LinearFlow", **STORM) for _ in range(3)]
+    now = time.time()
+    # All three are read (and counted) while in their backoff: the third opens the breaker.
+    assert requests(ticker.tick(now=now)) == []
+    opener = instance.get_run_by_id(storm[2])
+    assert opener is not None and opener.tags[tags.BREAKER] == "opened"
+    # Their backoff is over, but the breaker is open: none is resumed until the cooldown ends.
+    assert requests(ticker.tick(now=now + 11)) == []
+    assert sorted(p["run_id"] for p in ticker.pending()) == sorted(storm)
+    (probe,) = requests(ticker.tick(now=now + 301))
+    assert str(probe.run_key).removeprefix("resume-of-") in storm
+
+
 def test_storm_breaker_closes_when_its_probe_does_not_fail_the_same_way(
     ticker: Sensor, instance: DagsterInstance
 ) -> None:
