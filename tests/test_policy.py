@@ -367,6 +367,13 @@ BAD_FILES = {
         2,
         ["give exactly one of `command` and `callable`"],
     ),
+    "breaker hook with neither": (
+        "version: 1\nbreaker:\n  failures: 3\n  window_seconds: 60\n  cooldown_seconds: 60\n"
+        "  on_open: {timeout_seconds: 5}\n",
+        "breaker.on_open",
+        6,
+        ["give exactly one of `command` and `callable`; fix: e.g. `{command: [/usr/local/bin/page-oncall]}`"],
+    ),
     "hook empty command": (
         "version: 1\non_give_up: {command: []}\n",
         "on_give_up.command",

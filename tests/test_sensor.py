@@ -651,6 +651,18 @@ def test_a_failure_in_its_backoff_when_the_breaker_opens_waits_for_the_breaker_t
     assert str(probe.run_key).removeprefix("resume-of-") in storm
 
 
+def test_a_failing_on_open_hook_is_named_in_the_tick(ticker: Sensor, instance: DagsterInstance) -> None:
+    ticker.write(
+        "breaker:\n  failures: 2\n  window_seconds: 600\n  cooldown_seconds: 300\n"
+        "  on_open: {command: [sh, -c, 'echo unreachable >&2; exit 3']}\n"
+        "defaults:\n  backoff: {initial_seconds: 60}\n"  # no run request: the notes are the skip reason
+    )
+    storm = [create_failed_run(instance, "LinearFlow", **STORM) for _ in range(2)]
+    result = ticker.tick()
+    shown = result.skip_reason.skip_message if result.skip_reason else ""
+    assert f"breaker.on_open hook failed for run {storm[1]}: exit status 3: unreachable" in shown
+
+
 def test_storm_breaker_closes_when_its_probe_does_not_fail_the_same_way(
     ticker: Sensor, instance: DagsterInstance
 ) -> None:

@@ -17,16 +17,16 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from auto_resume.core.breaker import BreakerBoard, Opening
 from auto_resume.dagster import tags
-from auto_resume.dagster.notify import call_give_up_hook
+from auto_resume.dagster.notify import call_hook
 from auto_resume.dagster.run_facts import end_event
 from auto_resume.dagster.runs import FINISHED_STATUSES, resumes_by_parent
-from auto_resume.policy.settings import GiveUpHook
+from auto_resume.policy.settings import Hook
 
 OPENED = "opened"
 
 
 def record_opening(
-    instance: DagsterInstance, opening: Opening, hook: GiveUpHook | None, note: Callable[[str], None]
+    instance: DagsterInstance, opening: Opening, hook: Hook | None, note: Callable[[str], None]
 ) -> None:
     """Say once that a breaker opened: tick note, event and tags on the run that opened it, hook."""
     until = _utc(opening.until)
@@ -48,7 +48,7 @@ def record_opening(
             "AUTO_RESUME_JOB_NAME": opening.job_name,
             "AUTO_RESUME_UNTIL": until,
         }
-        problem = call_give_up_hook(hook, values)
+        problem = call_hook(hook, values, "breaker.on_open")
         if problem:
             note(problem)
 

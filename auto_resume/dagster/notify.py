@@ -1,8 +1,9 @@
-"""The policy's ``on_give_up`` hook: tell someone that a failed run will not be resumed.
+"""The policy's hooks: tell someone that a failed run will not be resumed (``on_give_up``) or
+that a storm breaker opened (``breaker.on_open``).
 
-Called once per failed run, right after the give-up is recorded on it. A hook that fails or
-hangs is logged and never retried: the record on the run is what counts, and a broken hook must
-not hold up the sensor.
+Each is called once per event, right after the event is recorded on the run. A hook that fails
+or hangs is logged and never retried: the record on the run is what counts, and a broken hook
+must not hold up the sensor.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import subprocess
 from collections.abc import Callable, Mapping
 
-from auto_resume.policy.settings import GiveUpHook
+from auto_resume.policy.settings import Hook
 
 _log = logging.getLogger(__name__)
 
@@ -29,12 +30,14 @@ def give_up_values(run_id: str, job_name: str, reason: str, root_run_id: str, at
     }
 
 
-def call_give_up_hook(hook: GiveUpHook, values: Mapping[str, str]) -> str | None:
+def call_hook(hook: Hook, values: Mapping[str, str], field: str) -> str | None:
     """Runs the hook; returns None on success, else what went wrong (also logged).
 
     Args:
-        hook: The policy's ``on_give_up``.
-        values: From `give_up_values`: environment of the command, or the callable's argument.
+        hook: The policy's ``on_give_up`` or a breaker's ``on_open``.
+        values: ``AUTO_RESUME_*`` names and values (`give_up_values` for ``on_give_up``):
+            environment of the command, or the callable's argument.
+        field: The hook's field in the policy, to name it in the problem.
     """
     try:
         if hook.command is not None:
@@ -54,7 +57,7 @@ def call_give_up_hook(hook: GiveUpHook, values: Mapping[str, str]) -> str | None
             function: Callable[[dict[str, str]], object] = getattr(importlib.import_module(module_name), name)
             function(dict(values))
     except Exception as exc:
-        problem = f"on_give_up hook failed for run {values.get('AUTO_RESUME_RUN_ID')}: {exc}"
+        problem = f"{field} hook failed for run {values.get('AUTO_RESUME_RUN_ID')}: {exc}"
         _log.warning(problem)
         return problem
     return None

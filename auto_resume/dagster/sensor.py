@@ -45,7 +45,7 @@ from auto_resume.core.decision import Action, Decision, FailedRun, decide
 from auto_resume.dagster import disabled_flows, tags
 from auto_resume.dagster.breakers import close_finished_probes, record_opening
 from auto_resume.dagster.disabled_flows import DisabledFlow
-from auto_resume.dagster.notify import call_give_up_hook, give_up_values
+from auto_resume.dagster.notify import call_hook, give_up_values
 from auto_resume.dagster.parking import park, resume_changed
 from auto_resume.dagster.policy_store import PolicyInForce, policy_in_force
 from auto_resume.dagster.resume_requests import (
@@ -522,7 +522,7 @@ def _record_give_up(
         values = give_up_values(
             run.run_id, run.job_name, decision.reason, decision.root_run_id, decision.attempt
         )
-        problem = call_give_up_hook(policy.on_give_up, values)
+        problem = call_hook(policy.on_give_up, values, "on_give_up")
         if problem:
             tick.notes.append(problem)
 

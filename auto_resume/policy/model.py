@@ -20,7 +20,7 @@ from auto_resume.policy.settings import (
     OVERRIDABLE,
     Breaker,
     Defaults,
-    GiveUpHook,
+    Hook,
     Overrides,
     Switch,
     check_glob,
@@ -170,9 +170,10 @@ class Policy(BaseModel):
         description="A storm breaker over the failures of every watched flow.",
         examples=[{"failures": 20, "window_seconds": 300, "scope": "fingerprint", "cooldown_seconds": 900}],
     )
-    on_give_up: GiveUpHook | None = Field(
+    on_give_up: Hook | None = Field(
         default=None,
-        description="Notification hook called once per failed run given up.",
+        description="Called once per failed run given up; AUTO_RESUME_RUN_ID, AUTO_RESUME_JOB_NAME, "
+        "AUTO_RESUME_REASON, AUTO_RESUME_ROOT_RUN_ID, AUTO_RESUME_ATTEMPT are set.",
         examples=[{"command": ["/usr/local/bin/notify-oncall"]}],
     )
     allowed_decorators: tuple[str, ...] = Field(

@@ -323,16 +323,15 @@ class Windows(BaseModel):
         return value
 
 
-class GiveUpHook(BaseModel):
-    """Called once when auto-resume gives a failed run up; its failure is logged, never retried."""
+class Hook(BaseModel):
+    """A command or a Python callable told of an event; its failure is logged, never retried."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     command: tuple[str, ...] | None = Field(
         default=None,
         min_length=1,
-        description="argv run without a shell; AUTO_RESUME_RUN_ID, AUTO_RESUME_JOB_NAME, "
-        "AUTO_RESUME_REASON, AUTO_RESUME_ROOT_RUN_ID, AUTO_RESUME_ATTEMPT are set.",
+        description="argv run without a shell, with the hook's values in its environment.",
         examples=[["/usr/local/bin/notify-oncall"]],
     )
     callable: str | None = Field(
@@ -363,11 +362,11 @@ class GiveUpHook(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> GiveUpHook:
+    def _exactly_one(self) -> Hook:
         if (self.command is None) == (self.callable is None):
             raise ValueError(
                 "give exactly one of `command` and `callable`; fix: e.g. "
-                "`on_give_up: {command: [/usr/local/bin/page-oncall]}`"
+                "`{command: [/usr/local/bin/page-oncall]}`"
             )
         return self
 
@@ -392,7 +391,7 @@ class Breaker(BaseModel):
     cooldown_seconds: float = Field(
         gt=0, strict=True, description="How long resumes in that scope stop.", examples=[900]
     )
-    on_open: GiveUpHook | None = Field(
+    on_open: Hook | None = Field(
         default=None,
         description="Called once each time the breaker opens; AUTO_RESUME_EVENT=breaker_opened, "
         "AUTO_RESUME_BREAKER, AUTO_RESUME_REASON, AUTO_RESUME_RUN_ID (the failure that opened it), "
