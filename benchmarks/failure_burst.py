@@ -99,6 +99,7 @@ def _example_jobs() -> list[str]:
 def _pgbouncer() -> Iterator[int]:
     """PgBouncer on a free loopback port in front of the test server (127.0.0.1:5432): its port."""
     from tests.support.processes import free_port
+    from tests.support.waiting import wait_until
 
     port = free_port()
     # It runs as postgres (it refuses root), so in a directory of its own that postgres may use.
@@ -117,11 +118,13 @@ def _pgbouncer() -> Iterator[int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def ready() -> bool:
+        assert bouncer.poll() is None, f"pgbouncer exited with status {bouncer.returncode}"
+        return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0
+
     try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
-            assert bouncer.poll() is None and time.monotonic() < deadline, "pgbouncer did not start"
-            time.sleep(0.2)
+        wait_until(ready, 30, "pgbouncer did not accept connections", interval=0.2)
         yield port
     finally:
         bouncer.terminate()
